@@ -1,0 +1,5 @@
+import sys
+
+from resnetlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""`resnetlab` command line: a table of subcommands, each defined in `resnetlab/commands/<name>.py`.
+
+Every command module exposes `register(subparsers)`, which adds its parser and sets `func` to a function taking the
+parsed namespace and returning an exit code. Command modules import torch lazily so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from resnetlab.errors import ResnetlabError
+
+# Order here is the order in `resnetlab --help`.
+COMMANDS: tuple[str, ...] = (
+    "models",
+    "summary",
+    "data",
+    "train",
+    "eval",
+    "predict",
+    "explain",
+    "export",
+    "serve",
+    "experiment",
+    "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from resnetlab import __version__
+
+    parser = argparse.ArgumentParser(prog="resnetlab", description="Residual networks for your image folders.")
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"resnetlab.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"resnetlab.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except ResnetlabError as exc:
+        print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

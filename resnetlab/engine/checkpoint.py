@@ -1,0 +1,104 @@
+"""Self-describing checkpoints: written atomically, read with `weights_only=True`, rebuilt into a model.
+
+A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts only, so `weights_only=True` can read it):
+
+    format        "resnetlab-checkpoint"
+    version       1
+    arch          registered model name, e.g. "resnet18"
+    num_classes   int
+    classes       list[str], index i is class i
+    model_kwargs  dict passed to `create_model` besides num_classes (e.g. in_chans)
+    head          None or {"hidden": [512, 256], "dropout": 0.3}: an MLP head replacing the classifier
+    default_cfg   preprocessing: input_size [C, H, W], mean, std, crop_pct, interpolation
+    config        the training config as a plain dict (may be {})
+    data          where the data came from: {"root", "val_fraction", "seed", "val_dir", ...} (may be {})
+    epoch         last completed epoch (int, 0-based count of epochs done)
+    best_acc      best validation top-1 so far (float, 0..1) or None
+    metrics       dict of the latest epoch's metrics
+    model         the model's state_dict
+    optimizer, scheduler, scaler, rng, sampler: resume state (absent or None when not training)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnetlab.errors import ResnetlabError
+
+FORMAT = "resnetlab-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write `payload` to `path` atomically: a temp file in the same folder, fsync, then rename over the target.
+
+    A kill at any instant leaves either the previous file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_checkpoint_path(run_or_checkpoint: str | os.PathLike, prefer: str = "best.pt") -> Path:
+    """A run folder gives its `best.pt` (else `last.pt`); a file is taken as is."""
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        for name in (prefer, "best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise ResnetlabError(f"{path}: run folder has no best.pt or last.pt; train first or pass a checkpoint file")
+    if not path.exists():
+        raise ResnetlabError(f"{path}: no such run folder or checkpoint file")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a resnetlab checkpoint safely (`weights_only=True`); clear errors for missing, corrupt or foreign files."""
+    path = resolve_checkpoint_path(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for torn or foreign files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResnetlabError(f"{path}: not a readable checkpoint ({reason[:200]})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ResnetlabError(
+            f"{path}: not a resnetlab checkpoint (no 'format' key); for plain weights use --pretrained {path}"
+        )
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (strict)."""
+    from resnetlab.engine.heads import replace_head
+    from resnetlab.models import create_model
+
+    model = create_model(ckpt["arch"], num_classes=ckpt["num_classes"], **(ckpt.get("model_kwargs") or {}))
+    head = ckpt.get("head")
+    if head:
+        replace_head(model, ckpt["num_classes"], hidden=head.get("hidden", ()), dropout=head.get("dropout", 0.0))
+    state = ckpt["model"]
+    # Checkpoints saved from DDP or torch.compile wrappers carry prefixes.
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    if ckpt.get("default_cfg"):
+        model.default_cfg = {**getattr(model, "default_cfg", {}), **ckpt["default_cfg"]}
+    return model
