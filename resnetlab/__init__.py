@@ -1,8 +1,20 @@
 """resnetlab: residual networks done right, from a folder of photos to a served model."""
 
-from resnetlab.models import create_model, list_models
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "create_model", "list_models", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `resnetlab --help` must not pay for importing torch.
+    if name in ("create_model", "list_models"):
+        from resnetlab import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")
 
 
 def load(run_or_checkpoint: str, device: str | None = None):
@@ -10,6 +22,3 @@ def load(run_or_checkpoint: str, device: str | None = None):
     from resnetlab.predict import load as _load
 
     return _load(run_or_checkpoint, device=device)
-
-
-__all__ = ["__version__", "create_model", "list_models", "load"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from resnetlab.errors import ResnetlabError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 

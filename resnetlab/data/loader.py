@@ -1,0 +1,285 @@
+"""Fast, crash-proof loading: reduced-size JPEG decoding, a shared RAM cache of pre-resized uint8 images, and a
+DataLoader configured for the machine.
+
+The RAM cache is one uint8 buffer in shared memory, laid out from image headers before anything is decoded (so its
+size is known, and refused above a budget, up front). Whichever process decodes an image first (the main process or
+any DataLoader worker) writes it there and flags it, so every later epoch, in every worker, reads pixels only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from resnetlab.data.images import ImageError, open_image, probe_image
+from resnetlab.errors import ResnetlabError
+
+log = logging.getLogger(__name__)
+
+CACHE_CHOICES = (None, "none", "ram")
+DEFAULT_BUDGET_FRACTION = 0.5  # of available RAM; env RESNETLAB_CACHE_BUDGET (bytes, or e.g. "8G") overrides
+_EMPTY, _FILLED, _FAILED = 0, 1, 2
+_PIL_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to new allocations (Linux MemAvailable; total RAM elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parse_bytes(text: str | int) -> int:
+    """`12345`, `512M`, `8G` -> bytes."""
+    text = str(text).strip().upper().removesuffix("B")
+    try:
+        return int(float(text[:-1]) * _UNITS[text[-1]]) if text[-1:] in _UNITS else int(text)
+    except ValueError:
+        raise ResnetlabError(f"cache budget {text!r}: expected bytes, e.g. 4000000000 or 4G") from None
+
+
+def cache_budget(budget: int | str | None = None) -> int:
+    """The RAM cache limit: `budget`, else env RESNETLAB_CACHE_BUDGET, else half the available memory."""
+    if budget is None:
+        budget = os.environ.get("RESNETLAB_CACHE_BUDGET")
+    return parse_bytes(budget) if budget is not None else int(available_memory() * DEFAULT_BUDGET_FRACTION)
+
+
+def resized_shape(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(w, h) with the short side scaled down to `short_side` (never up); same rounding as torchvision's Resize."""
+    if not short_side or min(width, height) <= short_side:
+        return width, height
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def _shm_free() -> int:
+    try:
+        st = os.statvfs("/dev/shm")
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return 0
+
+
+class RamCache:
+    """Decoded (H, W, 3) uint8 images in one buffer; `state[i]` is empty, filled or failed. Shared when possible."""
+
+    def __init__(self, shapes: Sequence[tuple[int, int] | None]) -> None:
+        sizes = [s[0] * s[1] * 3 if s else 0 for s in shapes]
+        self.shapes = [tuple(s) if s else None for s in shapes]  # (w, h)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.nbytes = int(self.offsets[-1])
+        self.buffer = torch.empty(self.nbytes, dtype=torch.uint8)
+        self.state = torch.tensor([_EMPTY if s else _FAILED for s in shapes], dtype=torch.uint8)
+        # Shared memory makes worker writes visible to every process; without room in /dev/shm (small Docker
+        # default) the buffer stays private and `build_loader` fills it in the main process before forking.
+        self.shared = self.nbytes < 0.9 * _shm_free()
+        if self.shared:
+            self.buffer.share_memory_()
+            self.state.share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def get(self, i: int) -> torch.Tensor:
+        """A (3, H, W) uint8 view (channels-last in memory, which torchvision's uint8 resize prefers)."""
+        w, h = self.shapes[i]
+        return self.buffer[self.offsets[i] : self.offsets[i + 1]].view(h, w, 3).permute(2, 0, 1)
+
+    def put(self, i: int, image: Image.Image) -> torch.Tensor:
+        w, h = self.shapes[i]
+        target = self.buffer[self.offsets[i] : self.offsets[i + 1]].numpy().reshape(h, w, 3)
+        np.copyto(target, np.asarray(image, dtype=np.uint8))
+        self.state[i] = _FILLED  # after the pixels: readers in other processes never see a half-written image
+        return self.get(i)
+
+    @property
+    def complete(self) -> bool:
+        return bool((self.state != _EMPTY).all())
+
+
+class ImageDataset(Dataset):
+    """(path, label) samples -> (transform(image), label). Unreadable files are reported once and replaced.
+
+    `cache="ram"` keeps every decoded image, pre-resized to the transform's `decode_size` short side, in shared
+    memory; `decode_size` (default: the transform's) also drives reduced-size JPEG decoding.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str | os.PathLike, int]],
+        transform: Callable | None = None,
+        cache: str | None = None,
+        decode_size: int | None = None,
+        cache_budget_bytes: int | str | None = None,
+    ) -> None:
+        if cache not in CACHE_CHOICES:
+            raise ResnetlabError(f"--cache {cache}: choose none or ram")
+        self.samples = [(Path(p), int(label)) for p, label in samples]
+        if not self.samples:
+            raise ResnetlabError("no images to load (empty split)")
+        self.transform = transform
+        self.decode_size = decode_size or getattr(transform, "decode_size", None)
+        self.resample = _PIL_RESAMPLE.get(getattr(transform, "resize_interpolation", "bilinear"), Image.BILINEAR)
+        self.decode_count = 0  # decodes done in this process (tests, benchmarks)
+        self.bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+        self.cache = self._make_cache(cache_budget_bytes) if cache == "ram" else None
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _make_cache(self, budget: int | str | None) -> RamCache:
+        shapes = []
+        for path, _ in self.samples:
+            size, _reason = probe_image(path)  # failures are reported when first read
+            shapes.append(resized_shape(*size, self.decode_size) if size else None)
+        need = sum(w * h * 3 for w, h in filter(None, shapes))
+        limit = cache_budget(budget)
+        if need > limit:
+            raise ResnetlabError(
+                f"--cache ram needs {need / 2**30:.1f} GiB for {len(shapes)} images at short side {self.decode_size}, "
+                f"over the budget of {limit / 2**30:.1f} GiB (half the available RAM); use --cache none, a smaller "
+                "--img-size, or set RESNETLAB_CACHE_BUDGET"
+            )
+        return RamCache(shapes)
+
+    def estimate_cache_bytes(self) -> int:
+        return self.cache.nbytes if self.cache else 0
+
+    def _decode(self, i: int) -> Image.Image | torch.Tensor:
+        """The image for sample i: from the cache, or decoded (and cached). Raises ImageError."""
+        cache = self.cache
+        if cache is not None:
+            state = int(cache.state[i])
+            if state == _FILLED:
+                return cache.get(i)
+            if state == _FAILED:  # failed the header check: decoding raises the reason
+                return open_image(self.samples[i][0])
+        self.decode_count += 1
+        image = open_image(self.samples[i][0], draft_size=self.decode_size)
+        if cache is None:
+            return image
+        w, h = cache.shapes[i]
+        if image.size != (w, h):
+            image = image.resize((w, h), self.resample)
+        return cache.put(i, image)
+
+    def _report(self, i: int, exc: ImageError) -> None:
+        if not bool(self.bad[i]):
+            self.bad[i] = True
+            log.warning("warning: %s; using another image in its place", exc)
+
+    def __getitem__(self, index: int):
+        n = len(self.samples)
+        for step in range(n):
+            i = (index + step) % n
+            if bool(self.bad[i]):  # known bad (in any process): never decoded again
+                continue
+            try:
+                image = self._decode(i)
+            except ImageError as exc:
+                if self.cache is not None:
+                    self.cache.state[i] = _FAILED
+                self._report(i, exc)
+                continue
+            sample = self.transform(image) if self.transform is not None else image
+            return sample, self.samples[i][1]
+        raise ResnetlabError(f"none of the {n} images could be decoded")
+
+    def warm_cache(self, num_threads: int | None = None) -> int:
+        """Decode every not-yet-cached image with a thread pool (PIL releases the GIL); returns how many."""
+        if self.cache is None:
+            return 0
+        todo = [i for i in range(len(self)) if int(self.cache.state[i]) == _EMPTY]
+
+        def fill(i: int) -> None:
+            try:
+                self._decode(i)
+            except ImageError as exc:
+                self.cache.state[i] = _FAILED
+                self._report(i, exc)
+
+        with ThreadPoolExecutor(num_threads or default_workers()) as pool:
+            list(pool.map(fill, todo))
+        return len(todo)
+
+
+def default_workers() -> int:
+    """CPUs this process may use (affinity-aware), capped at 4: more rarely helps image decoding keep up."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; derive python/numpy seeds from it (random augmentations).
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def auto_num_workers(dataset: Dataset) -> int:
+    """Workers for `dataset`: one per usable CPU (max 4), even with a warm RAM cache.
+
+    Measured on 2 busy cores (TrashNet, 224, warm cache): 0 workers 16-41 img/s, 1-2 workers ~360 img/s. The
+    normalising float ops run multi-threaded in the main process and contend with everything else there, while each
+    worker uses one thread and overlaps with the training step.
+    """
+    return default_workers()
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int | None = None,
+    drop_last: bool = False,
+    sampler: Sampler | None = None,
+    seed: int = 0,
+    device_type: str = "cpu",
+    collate_fn: Callable | None = None,
+) -> DataLoader:
+    """A DataLoader with sensible defaults: auto workers, persistent workers, pinned memory on CUDA, seeded order."""
+    if num_workers is None:
+        num_workers = auto_num_workers(dataset)
+    cache = getattr(dataset, "cache", None)
+    if cache is not None and num_workers > 0 and not cache.shared and not cache.complete:
+        # A private buffer would be filled per worker process and lost; fill it once here instead.
+        dataset.warm_cache()
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        collate_fn=collate_fn,
+        pin_memory=device_type == "cuda",
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        generator=generator,
+    )

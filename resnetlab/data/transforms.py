@@ -1,0 +1,169 @@
+"""Transform presets on torchvision transforms v2: `train` (augmenting) and `eval` (resize + center crop).
+
+Both accept a PIL image or a uint8 tensor (C, H, W) (the RAM cache stores those) and return a normalised float
+tensor (C, H, W). Each preset carries `decode_size`: the short side it first resizes to, which the loader uses for
+reduced-size JPEG decoding and for the size of cached images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+from resnetlab.errors import ResnetlabError
+
+INTERPOLATIONS = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "scale": (0.08, 1.0),  # RandomResizedCrop area range
+    "ratio": (3 / 4, 4 / 3),
+    "hflip": 0.5,
+    "vflip": 0.0,
+    "rotation": 0.0,  # degrees, uniform in [-rotation, rotation]
+    "color_jitter": 0.0,  # brightness/contrast/saturation strength (float) or a 3/4-tuple
+    "auto_augment": None,  # None, "rand" (RandAugment) or "trivial" (TrivialAugmentWide)
+    "re_prob": 0.0,  # random erasing probability, applied to the normalised tensor
+}
+_AUTO_AUGMENT = {"rand": v2.RandAugment, "trivial": v2.TrivialAugmentWide}
+# Train images are cached/decoded a bit larger than eval so RandomResizedCrop rarely upsamples.
+TRAIN_DECODE_FACTOR = 1.25
+
+
+def _size(img_size: int | tuple[int, int] | list) -> tuple[int, int]:
+    """(H, W) from an int or an (H, W) / (C, H, W) sequence."""
+    if isinstance(img_size, int):
+        return img_size, img_size
+    dims = tuple(int(x) for x in img_size)[-2:]
+    return (dims[0], dims[-1]) if len(dims) == 2 else (dims[0], dims[0])
+
+
+def _interp(name: str) -> InterpolationMode:
+    try:
+        return INTERPOLATIONS[name]
+    except KeyError:
+        raise ResnetlabError(f"interpolation {name!r}: choose one of {', '.join(INTERPOLATIONS)}") from None
+
+
+def _tail(mean, std) -> list:
+    """PIL/uint8 -> normalised float tensor."""
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+
+
+def _color_jitter(value) -> v2.ColorJitter:
+    values = (value,) * 3 if isinstance(value, (int, float)) else tuple(value)
+    return v2.ColorJitter(*values)
+
+
+def _train(size: tuple[int, int], mean, std, crop_pct: float, interp: InterpolationMode, aug: dict) -> v2.Compose:
+    ops: list = [v2.RandomResizedCrop(size, scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"]), interpolation=interp)]
+    if aug["hflip"] > 0:
+        ops.append(v2.RandomHorizontalFlip(aug["hflip"]))
+    if aug["vflip"] > 0:
+        ops.append(v2.RandomVerticalFlip(aug["vflip"]))
+    if aug["rotation"]:
+        ops.append(v2.RandomRotation(aug["rotation"], interpolation=interp))
+    if aug["color_jitter"]:
+        ops.append(_color_jitter(aug["color_jitter"]))
+    if aug["auto_augment"]:
+        if aug["auto_augment"] not in _AUTO_AUGMENT:
+            raise ResnetlabError(f"auto_augment {aug['auto_augment']!r}: choose one of {', '.join(_AUTO_AUGMENT)}")
+        ops.append(_AUTO_AUGMENT[aug["auto_augment"]](interpolation=interp))
+    ops += _tail(mean, std)
+    if aug["re_prob"] > 0:
+        ops.append(v2.RandomErasing(p=aug["re_prob"], value=0))
+    transform = v2.Compose(ops)
+    transform.decode_size = math.floor(min(size) / crop_pct * TRAIN_DECODE_FACTOR)
+    return transform
+
+
+def _eval(size: tuple[int, int], mean, std, crop_pct: float, interp: InterpolationMode) -> v2.Compose:
+    # Square targets: shorter side to size/crop_pct, aspect kept (torchvision/timm eval). Non-square: both sides.
+    resize = math.floor(size[0] / crop_pct) if size[0] == size[1] else tuple(math.floor(s / crop_pct) for s in size)
+    transform = v2.Compose([v2.Resize(resize, interpolation=interp), v2.CenterCrop(size), *_tail(mean, std)])
+    transform.decode_size = resize if isinstance(resize, int) else max(resize)
+    return transform
+
+
+def build_transform(
+    kind: str,
+    img_size: int | tuple[int, int],
+    mean,
+    std,
+    crop_pct: float = 0.875,
+    interpolation: str = "bilinear",
+    **augment,
+) -> v2.Compose:
+    """The `train` or `eval` preset; `augment` keys for train are those of `TRAIN_DEFAULTS`."""
+    size, interp = _size(img_size), _interp(interpolation)
+    if not 0 < crop_pct <= 1:
+        raise ResnetlabError(f"crop_pct {crop_pct}: must be in (0, 1]")
+    if kind == "eval":
+        transform = _eval(size, mean, std, crop_pct, interp)
+    elif kind == "train":
+        unknown = set(augment) - set(TRAIN_DEFAULTS)
+        if unknown:
+            raise ResnetlabError(f"unknown augmentation option(s): {', '.join(sorted(unknown))}")
+        transform = _train(size, mean, std, crop_pct, interp, {**TRAIN_DEFAULTS, **augment})
+    else:
+        raise ResnetlabError(f"transform kind {kind!r}: choose train or eval")
+    transform.resize_interpolation = interpolation  # the loader pre-resizes cached images the same way
+    return transform
+
+
+def eval_transform_from_cfg(default_cfg: dict, img_size: int | None = None) -> v2.Compose:
+    """The eval preset matching a model's `default_cfg` (input_size, mean, std, crop_pct, interpolation)."""
+    size = img_size or tuple(default_cfg["input_size"])[-2:]
+    return build_transform(
+        "eval",
+        size,
+        default_cfg["mean"],
+        default_cfg["std"],
+        crop_pct=default_cfg.get("crop_pct", 0.875),
+        interpolation=default_cfg.get("interpolation", "bilinear"),
+    )
+
+
+def train_transform_from_cfg(default_cfg: dict, img_size: int | None = None, **augment) -> v2.Compose:
+    """The train preset with the model's normalisation and interpolation."""
+    size = img_size or tuple(default_cfg["input_size"])[-2:]
+    return build_transform(
+        "train",
+        size,
+        default_cfg["mean"],
+        default_cfg["std"],
+        crop_pct=default_cfg.get("crop_pct", 0.875),
+        interpolation=default_cfg.get("interpolation", "bilinear"),
+        **augment,
+    )
+
+
+class MixupCutmix:
+    """Batch transform: (images (B, C, H, W), labels (B,)) -> (mixed images, soft targets (B, num_classes)).
+
+    With probability `prob` a batch gets MixUp or CutMix (chosen evenly when both alphas are > 0); otherwise the
+    targets are plain one-hot, so the loss always sees soft targets of the same shape.
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0):
+        choices = []
+        if mixup_alpha > 0:
+            choices.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            choices.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        if not choices:
+            raise ResnetlabError("mixup/cutmix: set mixup_alpha or cutmix_alpha > 0")
+        self.num_classes = num_classes
+        self.prob = prob
+        self.mix = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prob < 1.0 and torch.rand(()).item() >= self.prob:
+            return images, torch.nn.functional.one_hot(labels, self.num_classes).to(images.dtype)
+        images, targets = self.mix(images, labels)
+        return images, targets.to(images.dtype)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import shutil
+
+from PIL import Image
+
+from resnetlab.cli import main
+
+
+def test_check_usable_with_grid(tmp_path, capsys, make_class_tree):
+    root = make_class_tree(tmp_path / "ds", {"猫": 4, "dog": 4})
+    shutil.copy(root / "dog" / "dog_000.jpg", root / "dog" / "copy.jpg")
+    grid = tmp_path / "grid.png"
+    assert main(["data", "check", str(root), "--grid", str(grid), "--per-class", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "猫" in out and "imbalance" in out and "ok: usable" in out
+    assert "1 group(s) of identical files" in out
+    assert Image.open(grid).size[0] > 100
+
+
+def test_check_corrupt_default_vs_strict(tmp_path, capsys, make_class_tree):
+    root = make_class_tree(tmp_path / "ds", {"a": 3, "b": 3})
+    (root / "a" / "cut.jpg").write_bytes((root / "a" / "a_000.jpg").read_bytes()[:200])
+    assert main(["data", "check", str(root)]) == 0
+    assert "cut.jpg" in capsys.readouterr().out
+    assert main(["data", "check", str(root), "--strict"]) == 2
+    assert "not usable" in capsys.readouterr().err
+
+
+def test_check_unusable_exit_2(tmp_path, capsys, make_class_tree):
+    root = make_class_tree(tmp_path / "one", {"only": 3})
+    assert main(["data", "check", str(root)]) == 2
+    assert "need at least 2" in capsys.readouterr().err
+    (root / "empty").mkdir()
+    assert main(["data", "check", str(root)]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert main(["data", "check", str(tmp_path / "missing")]) == 2
+
+
+def test_split_writes_reusable_lists(tmp_path, capsys, make_class_tree):
+    root = make_class_tree(tmp_path / "ds", {"a": 5, "b": 5})
+    assert main(["data", "split", str(root), "--out", str(tmp_path / "lists" / "s"), "--seed", "2"]) == 0
+    assert (tmp_path / "lists" / "s_val.txt").is_file()
+    code = main(["data", "check", str(root), "--split-file", str(tmp_path / "lists" / "s_train.txt")])
+    assert code == 0 and "train" in capsys.readouterr().out

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from resnetlab.data import loader as loader_mod
+from resnetlab.data.folder import make_splits
+from resnetlab.data.loader import ImageDataset, build_loader, parse_bytes, resized_shape
+from resnetlab.data.transforms import build_transform
+from resnetlab.errors import ResnetlabError
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@pytest.fixture
+def samples_of(tmp_path, make_class_tree):
+    def make(n: int = 6):
+        root = make_class_tree(tmp_path / "ds", {"a": n // 2, "b": n - n // 2}, size=(64, 48))
+        return make_splits(root, val_fraction=0.0).train
+
+    return make
+
+
+def test_resized_shape():
+    assert resized_shape(400, 300, 150) == (200, 150)
+    assert resized_shape(300, 400, 150) == (150, 200)
+    assert resized_shape(100, 80, 150) == (100, 80)  # never upscaled
+
+
+def test_cache_second_pass_decodes_nothing(tmp_path, monkeypatch, samples_of):
+    samples = samples_of()
+    calls = []
+    real_open = loader_mod.open_image
+    monkeypatch.setattr(loader_mod, "open_image", lambda *a, **k: calls.append(a[0]) or real_open(*a, **k))
+    tf = build_transform("eval", 32, MEAN, STD)
+    ds = ImageDataset(samples, tf, cache="ram")
+    assert ds.cache.shapes[0] == (48, 36)  # short side = floor(32 / 0.875) = 36
+    loader = build_loader(ds, batch_size=4, shuffle=True, num_workers=0)
+    first = torch.cat([x for x, _ in loader])
+    assert len(calls) == len(samples) and ds.cache.complete
+    second = torch.cat([x for x, _ in loader])
+    assert len(calls) == len(samples)  # nothing decoded again
+    assert first.shape == second.shape == (len(samples), 3, 32, 32)
+    # Cached and uncached eval give the same pixels (same resize, then a no-op Resize in the transform).
+    plain = ImageDataset(samples, tf)
+    assert torch.allclose(plain[0][0], ds[0][0])
+
+
+def test_cache_filled_by_workers_is_shared(tmp_path, samples_of):
+    ds = ImageDataset(samples_of(8), build_transform("train", 32, MEAN, STD), cache="ram")
+    assert ds.cache.shared
+    loader = build_loader(ds, batch_size=4, shuffle=True, num_workers=2)
+    assert sum(len(y) for _, y in loader) == 8
+    assert ds.cache.complete and ds.decode_count == 0  # workers decoded; the main process sees it all
+    assert sum(len(y) for _, y in loader) == 8
+
+
+def test_cache_budget_refusal(tmp_path, samples_of):
+    with pytest.raises(ResnetlabError, match="budget"):
+        ImageDataset(samples_of(), build_transform("eval", 32, MEAN, STD), cache="ram", cache_budget_bytes=100)
+    assert parse_bytes("2K") == 2048 and parse_bytes("1.5G") == int(1.5 * 2**30)
+
+
+@pytest.mark.parametrize("cache", [None, "ram"])
+def test_corrupt_file_mid_epoch_is_replaced(tmp_path, caplog, cache, make_image, samples_of):
+    samples = samples_of()
+    good = make_image(tmp_path / "later_broken.jpg", size=(64, 48))
+    data = good.read_bytes()
+    samples.insert(2, (good, 0))
+    ds = ImageDataset(samples, build_transform("eval", 32, MEAN, STD), cache=cache)
+    good.write_bytes(data[: len(data) // 3])  # truncated after the split was made
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            n = sum(len(y) for _, y in build_loader(ds, batch_size=3, shuffle=False, num_workers=0))
+            assert n == len(samples)
+    warnings = [r for r in caplog.records if "later_broken.jpg" in r.getMessage()]
+    assert len(warnings) == 1 and bool(ds.bad[2])
+
+
+def test_corrupt_file_with_workers(tmp_path, samples_of):
+    samples = samples_of()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xffnot really")
+    samples.append((bad, 1))
+    ds = ImageDataset(samples, build_transform("eval", 32, MEAN, STD))
+    n = sum(len(y) for _, y in build_loader(ds, batch_size=2, shuffle=True, num_workers=2))
+    assert n == len(samples) and bool(ds.bad[-1])
+
+
+def test_loader_seeded_order(tmp_path, samples_of):
+    ds = ImageDataset(samples_of(8), build_transform("eval", 32, MEAN, STD))
+
+    def order(seed):
+        return torch.cat([y for _, y in build_loader(ds, 2, shuffle=True, num_workers=0, seed=seed)]).tolist()
+
+    assert order(3) == order(3)
+    loader = build_loader(ds, 2, shuffle=False, num_workers=1, device_type="cpu")
+    assert loader.persistent_workers and not loader.pin_memory
