@@ -1,0 +1,148 @@
+"""`resnetlab eval RUN_OR_CHECKPOINT [DIR]`: accuracy, per-class metrics, confusion matrix and the worst mistakes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("val", "test", "train")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a trained model",
+        description="Evaluate a trained model: top-1/top-5 accuracy, loss, per-class precision/recall/F1, macro and "
+        "weighted averages. Without DIR, the run's own split (recorded in the checkpoint) is used. DIR may be any "
+        "folder of class sub-folders with the model's classes (all its images are used), or a folder with "
+        "train/val/test sub-folders (then --split picks one). Writes eval.json, confusion_matrix.png and "
+        "mistakes.png into the run folder (or --out).",
+    )
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint file (.pt) or .onnx file")
+    p.add_argument("data", metavar="DIR", nargs="?", help="folder to evaluate on (default: the run's own data)")
+    p.add_argument("--split", choices=SPLITS, default="val", help="which split to evaluate (default: val)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--out", metavar="DIR", help="where to write eval.json and the plots (default: the run folder)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average with the horizontal flip")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="autocast (default: auto)")
+    p.set_defaults(func=run)
+
+
+def _split_samples(splits: Any, split: str, where: str) -> list[tuple[Path, int]]:
+    from resnetlab.errors import ResnetlabError
+
+    samples = list(getattr(splits, split))
+    if not samples:
+        raise ResnetlabError(f"{where}: the {split} split is empty; choose another with --split or pass a folder")
+    return samples
+
+
+EvalData = tuple[list[tuple[Path, int]], list[str], list[tuple[Path, str]], str, str | None]
+
+
+def folder_samples(folder: Path, split: str) -> EvalData:
+    """(samples, classes, skipped, description, split used) for a user-given folder.
+
+    `ROOT/<class>/*` evaluates every image in it; `ROOT/train|val|test/<class>/*` evaluates the `split` part.
+    """
+    from resnetlab.data.folder import make_splits
+
+    splits = make_splits(folder)
+    if splits.layout == "folders":
+        # The carved train/val parts of a plain class folder partition it: their union is every usable image.
+        samples, described, split = list(splits.train) + list(splits.val), f"all of {folder}", None
+    else:
+        samples, described = _split_samples(splits, split, str(folder)), f"{split} split of {folder}"
+    return samples, list(splits.classes), list(splits.skipped), described, split
+
+
+def recorded_samples(record: dict[str, Any], split: str, where: str) -> EvalData:
+    """(samples, classes, skipped, description, split used) for the split the checkpoint's data record describes."""
+    from resnetlab.data.folder import DatasetSplits
+    from resnetlab.errors import ResnetlabError
+
+    if not record:
+        raise ResnetlabError(f"{where}: the checkpoint records no dataset; pass the folder to evaluate on as DIR")
+    splits = DatasetSplits.from_record(record)
+    samples = _split_samples(splits, split, where)
+    return samples, list(splits.classes), list(splits.skipped), f"{split} split of {record.get('root', '?')}", split
+
+
+def map_labels(
+    samples: list[tuple[Path, int]], data_classes: list[str], model_classes: list[str], where: str
+) -> list[tuple[Path, int]]:
+    """Relabel samples into the model's class indices; refuse data whose classes are not the model's."""
+    from resnetlab.errors import ResnetlabError
+
+    if set(data_classes) != set(model_classes):
+        missing = sorted(set(model_classes) - set(data_classes))
+        extra = sorted(set(data_classes) - set(model_classes))
+        raise ResnetlabError(
+            f"{where}: its classes differ from the model's; model classes {model_classes}, data classes "
+            f"{data_classes} (missing {missing}, unknown {extra}); evaluate on a folder with the model's classes"
+        )
+    index = {name: i for i, name in enumerate(model_classes)}
+    return [(path, index[data_classes[label]]) for path, label in samples]
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from resnetlab.engine.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from resnetlab.errors import ResnetlabError
+    from resnetlab.metrics import classification_report, format_report
+    from resnetlab.predict import Classifier, load
+    from resnetlab.report.eval_plots import plot_confusion_matrix, plot_mistakes
+
+    source = Path(args.checkpoint)
+    if source.suffix.lower() == ".onnx":
+        clf, record, ckpt_path = load(source, device=args.device, amp=args.amp), {}, source
+    else:
+        ckpt_path = resolve_checkpoint_path(source)
+        ckpt = load_checkpoint(ckpt_path)
+        clf = Classifier.from_checkpoint(ckpt, device=args.device, amp=args.amp, source=ckpt_path)
+        record = ckpt.get("data") or {}
+
+    if args.data:
+        samples, data_classes, skipped, described, split = folder_samples(Path(args.data), args.split)
+        where = str(args.data)
+    else:
+        samples, data_classes, skipped, described, split = recorded_samples(record, args.split, str(ckpt_path))
+        where = f"{record.get('root', ckpt_path)}"
+    samples = map_labels(samples, data_classes, clf.classes, where)
+
+    print(f"evaluating {ckpt_path} ({clf.precision.describe()}) on {len(samples)} images: {described}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable files while scanning (first: {skipped[0][0]}: {skipped[0][1]})")
+    paths = [str(p) for p, _ in samples]
+    scores, ok, failed = clf.scores_for(paths, batch_size=args.batch_size, tta=args.tta)
+    for i, reason in failed:
+        print(f"skipped {paths[i]}: {reason}", file=sys.stderr)
+    if not ok:
+        raise ResnetlabError(f"{where}: none of the {len(paths)} images could be read; nothing to evaluate")
+    labels = torch.tensor([samples[i][1] for i in ok], dtype=torch.long)
+
+    report = classification_report(scores, labels, clf.classes)
+    print(format_report(report))
+
+    out = Path(args.out) if args.out else (source if source.is_dir() else ckpt_path.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "checkpoint": str(ckpt_path),
+        "data": described,
+        "split": split,
+        "precision": clf.precision.describe(),
+        "tta": args.tta,
+        **report,
+        "failed": [{"path": paths[i], "error": reason} for i, reason in failed],
+        "skipped": [{"path": str(p), "error": reason} for p, reason in skipped],
+    }
+    (out / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    plot_confusion_matrix(report["confusion_matrix"], clf.classes, out / "confusion_matrix.png")
+    plot_mistakes([paths[i] for i in ok], labels.numpy(), scores.exp().numpy(), clf.classes, out / "mistakes.png")
+    print(f"wrote eval.json, confusion_matrix.png, mistakes.png to {out}")
+    return 0

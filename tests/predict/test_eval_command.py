@@ -1,0 +1,125 @@
+"""`resnetlab eval`: numbers agree with a hand count over independently computed predictions; plots; refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnetlab.cli import main
+from resnetlab.data.folder import DatasetSplits
+from resnetlab.data.transforms import eval_transform_from_cfg
+from resnetlab.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from resnetlab.engine.precision import inference_mode, resolve_precision
+
+
+def hand_predictions(run: Path, samples: list[tuple[Path, int]]) -> tuple[list[int], list[int], float]:
+    """Predicted labels, true labels and mean NLL, computed without resnetlab.predict (fp32, one image at a time)."""
+    ckpt = load_checkpoint(run)
+    model = model_from_checkpoint(ckpt).eval()
+    transform = eval_transform_from_cfg(ckpt["default_cfg"])
+    preds, nll = [], 0.0
+    precision = resolve_precision("cpu", amp="off")
+    with inference_mode(precision):
+        for path, label in samples:
+            logits = model(transform(Image.open(path).convert("RGB"))[None])[0]
+            preds.append(int(logits.argmax()))
+            nll -= float(torch.log_softmax(logits, 0)[label])
+    return preds, [label for _, label in samples], nll / len(samples)
+
+
+def check_against_hand_count(report: dict, preds: list[int], labels: list[int], loss: float) -> None:
+    k = len(report["classes"])
+    assert report["num_samples"] == len(labels)
+    assert report["top1"] == pytest.approx(sum(p == t for p, t in zip(preds, labels)) / len(labels))
+    assert report["loss"] == pytest.approx(loss, abs=1e-4)
+    cm = [[sum(1 for p, t in zip(preds, labels) if t == i and p == j) for j in range(k)] for i in range(k)]
+    assert report["confusion_matrix"] == cm
+    for i, row in enumerate(report["per_class"]):
+        support = sum(t == i for t in labels)
+        predicted = sum(p == i for p in preds)
+        hits = cm[i][i]
+        assert row["support"] == support
+        assert row["recall"] == pytest.approx(hits / support if support else 0.0)
+        assert row["precision"] == pytest.approx(hits / predicted if predicted else 0.0)
+    assert report["macro"]["recall"] == pytest.approx(sum(r["recall"] for r in report["per_class"]) / k)
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 5000
+    with Image.open(path) as im:
+        assert im.width > 200 and len(np.unique(np.asarray(im.convert("L")))) > 10
+
+
+def test_eval_default_split_agrees_with_hand_count(capsys, tiny_run, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["eval", str(tiny_run), "--amp", "off", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "eval.json").read_text())
+    splits = DatasetSplits.from_record(load_checkpoint(tiny_run)["data"])
+    assert len(splits.val) == report["num_samples"] > 0
+    check_against_hand_count(report, *hand_predictions(tiny_run, splits.val))
+    assert report["top5"] is None  # 3 classes
+    for name in ("cardboard", "glass", "metal", "macro avg", "weighted avg", "top-1"):
+        assert name in printed
+    assert "top-5" not in printed
+    assert_png(out / "confusion_matrix.png")
+    assert_png(out / "mistakes.png")
+
+
+def test_eval_writes_into_the_run_folder_by_default(capsys, tiny_run, tmp_path):
+    run = tmp_path / "run_copy"
+    shutil.copytree(tiny_run, run)
+    assert main(["eval", str(run / "best.pt")]) == 0
+    for name in ("eval.json", "confusion_matrix.png", "mistakes.png"):
+        assert (run / name).is_file()
+    report = json.loads((run / "eval.json").read_text())
+    assert report["precision"] and report["split"] == "val"
+    assert math.isfinite(report["loss"])
+
+
+def test_eval_on_another_folder_with_the_same_classes(capsys, tiny_run, tiny_data, tmp_path):
+    # Any folder of class sub-folders with the model's classes works; every image in it is evaluated.
+    out = tmp_path / "eval_all"
+    assert main(["eval", str(tiny_run), str(tiny_data), "--amp", "off", "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    samples = [(p, i) for i, name in enumerate(report["classes"]) for p in sorted((tiny_data / name).glob("*.jpg"))]
+    assert report["num_samples"] == len(samples) == 36 and report["split"] is None
+    check_against_hand_count(report, *hand_predictions(tiny_run, samples))
+
+
+def test_eval_train_val_layout_uses_the_split_option(capsys, tiny_run, tiny_data, tmp_path):
+    root = tmp_path / "layout"
+    for split, take in (("train", slice(0, 8)), ("val", slice(8, 10)), ("test", slice(10, 12))):
+        for name in ("cardboard", "glass", "metal"):
+            for path in sorted((tiny_data / name).glob("*.jpg"))[take]:
+                (root / split / name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, root / split / name / path.name)
+    assert main(["eval", str(tiny_run), str(root), "--split", "test", "--out", str(tmp_path / "e")]) == 0
+    report = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert report["num_samples"] == 6 and report["data"].startswith("test split") and report["split"] == "test"
+
+
+def test_eval_refuses_a_folder_with_different_classes(capsys, tiny_run, tiny_data, tmp_path):
+    other = tmp_path / "other"
+    for name in ("cardboard", "glass", "plastic"):
+        shutil.copytree(tiny_data / ("metal" if name == "plastic" else name), other / name)
+    assert main(["eval", str(tiny_run), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "differ" in err
+    assert "['cardboard', 'glass', 'metal']" in err and "['cardboard', 'glass', 'plastic']" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_without_a_recorded_dataset_asks_for_a_folder(capsys, tiny_run, tmp_path):
+    ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
+    ckpt["data"] = {}
+    torch.save(ckpt, tmp_path / "nodata.pt")
+    assert main(["eval", str(tmp_path / "nodata.pt")]) == 2
+    assert "pass the folder" in capsys.readouterr().err
