@@ -1,0 +1,72 @@
+"""`resnetlab serve RUN_OR_CHECKPOINT_OR_ONNX`: an HTTP API and a web page for a trained classifier."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP, with a web page",
+        description="Serve a run folder, checkpoint or exported .onnx file: POST /predict (multipart field 'file' or "
+        "raw image bytes, ?topk=N) returns [{label, score}]; GET /health, GET /info, GET /openapi.json; a page at / "
+        "to drop an image and see its top-5. Concurrent requests are batched into one forward pass.",
+    )
+    p.add_argument("model", metavar="RUN_OR_CHECKPOINT_OR_ONNX", help="run folder, checkpoint file or .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted, in MB (default: 10)")
+    p.add_argument(
+        "--max-pixels", type=int, default=40_000_000, help="largest image accepted, width x height (default: 40M)"
+    )
+    p.add_argument("--max-batch", type=int, default=16, help="most images per batched forward pass (default: 16)")
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=10.0,
+        help="longest wait for a fuller batch, only while other requests are arriving (default: 10)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="autocast (default: auto)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from resnetlab.errors import ResnetlabError
+    from resnetlab.predict import load
+    from resnetlab.serve.app import create_app
+
+    if args.max_upload_mb <= 0:
+        raise ResnetlabError(f"--max-upload-mb {args.max_upload_mb}: must be positive")
+    if args.max_pixels < 1:
+        raise ResnetlabError(f"--max-pixels {args.max_pixels}: must be positive")
+    if not 0 <= args.port < 65536:
+        raise ResnetlabError(f"--port {args.port}: choose 0..65535")
+    if args.max_batch < 1:
+        raise ResnetlabError(f"--max-batch {args.max_batch}: must be at least 1")
+    clf = load(args.model, device=args.device, amp=args.amp)
+    app = create_app(
+        clf,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels,
+        max_batch=args.max_batch,
+        max_wait_ms=args.batch_wait_ms,
+    )
+    if args.host not in LOOPBACK:
+        print(
+            f"warning: listening on {args.host}: anyone who can reach it may use the model (no authentication)",
+            file=sys.stderr,
+        )
+    print(
+        f"serving {clf!r} at http://{args.host}:{args.port}/ (API: POST /predict, schema: /openapi.json)",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
