@@ -52,15 +52,20 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
 
 def create_model(
     name: str,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     pretrained: str | None = None,
     in_chans: int = 3,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model; `pretrained` is "imagenet", a weights file path, or None."""
-    model = get_builder(name)(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    """Build a registered model; `pretrained` is "imagenet", a weights file path, or None.
+
+    `num_classes=None` keeps the architecture's own default: 1000 (ImageNet) for most, 10 for the CIFAR ResNets.
+    """
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = get_builder(name)(in_chans=in_chans, **kwargs)
     if pretrained:
         from resnetlab.models.weights import load_pretrained
 
-        load_pretrained(model, name, pretrained, num_classes=num_classes)
+        load_pretrained(model, name, pretrained, num_classes=model.num_classes)
     return model
