@@ -1,0 +1,149 @@
+"""One training epoch of ResNet-50 at 224 px on TrashNet: a tutorial-style loop against `resnetlab train`.
+
+Baseline: the PyTorch transfer-learning tutorial's loop (torchvision ImageFolder, RandomResizedCrop + flip, fp32,
+NCHW, num_workers=0, SGD). Ours: `resnetlab.engine.fit.fit` with its defaults (RAM cache, channels_last, bf16
+autocast when the CPU has native bf16), the same batch size and the same training images (our 80% split). Both are
+reported in images/s of the training loop; ours also end to end (cache fill and set-up included). Our rate is also
+given as a fraction of this machine's bf16 matmul peak, measured here, converted to images/s with the model's
+training cost (3 x forward MACs x 2 FLOPs per image).
+
+    .venv/bin/python benchmarks/bench_train.py              # the full measurement (minutes)
+    .venv/bin/python benchmarks/bench_train.py --limit 64   # a quick smoke run on 64 images
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision import transforms
+
+from resnetlab.paths import shared_path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(shared_path("datasets", "trashnet")))
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None, help="use only N images (a quick smoke run)")
+    p.add_argument("--skip-baseline", action="store_true")
+    return p.parse_args(argv)
+
+
+def limited_copy(root: Path, limit: int, dest: Path) -> Path:
+    """A folder of symlinks to `limit` images taken round-robin over the classes (deterministic)."""
+    from resnetlab.data.folder import scan_images
+
+    by_class = {d.name: scan_images(d) for d in sorted(root.iterdir()) if d.is_dir()}
+    picked, i = [], 0
+    while len(picked) < limit and any(i < len(v) for v in by_class.values()):
+        picked += [(c, files[i]) for c, files in by_class.items() if i < len(files)]
+        i += 1
+    for cls, path in picked[:limit]:
+        (dest / cls).mkdir(parents=True, exist_ok=True)
+        (dest / cls / path.name).symlink_to(path)
+    return dest
+
+
+def bf16_peak_flops(n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of a large bf16 matmul on the CPU (best of `reps`)."""
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def baseline_epoch(data: Path, train_files: set[str], img_size: int, batch_size: int) -> float:
+    """The tutorial loop, one epoch over `train_files`; returns images/s."""
+    tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(img_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    folder = torchvision.datasets.ImageFolder(str(data), tf)
+    keep = [i for i, (p, _) in enumerate(folder.samples) if str(Path(p).resolve()) in train_files]
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(folder, keep), batch_size=batch_size, shuffle=True, num_workers=0
+    )
+    model = torchvision.models.resnet50(num_classes=len(folder.classes))
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    model.train()
+    seen, start = 0, time.perf_counter()
+    for inputs, labels in loader:
+        optimizer.zero_grad()
+        loss = criterion(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        seen += len(labels)
+    return seen / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from resnetlab.config import TrainConfig
+    from resnetlab.data.folder import make_splits
+    from resnetlab.engine.fit import fit
+    from resnetlab.engine.precision import resolve_precision
+    from resnetlab.models import create_model
+    from resnetlab.models.summary import count_macs
+
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(args.data)
+        if args.limit:
+            data = limited_copy(data, args.limit, Path(tmp) / "data")
+        splits = make_splits(data, val_fraction=0.2, seed=0)
+        train_files = {str(Path(p).resolve()) for p, _ in splits.train}
+        print(f"{len(splits.train)} training images, {args.model} at {args.img_size} px, batch {args.batch_size}")
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ours: {resolve_precision().describe()}")
+
+        peak = bf16_peak_flops()
+        macs = count_macs(create_model(args.model, num_classes=len(splits.classes)), (3, args.img_size, args.img_size))
+        train_flops = 3 * macs * 2
+        print(
+            f"bf16 matmul peak {peak / 1e12:.2f} TFLOP/s -> {peak / train_flops:.1f} img/s at {train_flops / 1e9:.1f}"
+        )
+
+        base = None
+        if not args.skip_baseline:
+            base = baseline_epoch(data, train_files, args.img_size, args.batch_size)
+            print(f"tutorial loop (ImageFolder, fp32, NCHW, 0 workers): {base:.2f} img/s")
+
+        cfg = TrainConfig(
+            data=str(data),
+            model=args.model,
+            img_size=args.img_size,
+            epochs=1,
+            batch_size=args.batch_size,
+            out=os.path.join(tmp, "run"),
+            progress=False,
+        )
+        start = time.perf_counter()
+        summary = fit(cfg, log=lambda line: print("  " + line))
+        wall = time.perf_counter() - start
+        ours = summary["train_images_per_s"]
+        print(f"resnetlab train: {ours:.2f} img/s (training loop), {len(splits.train) / wall:.2f} img/s end to end")
+        if base:
+            print(f"ratio ours / tutorial: {ours / base:.2f}x")
+        print(f"ours as a fraction of the bf16 matmul peak: {ours * train_flops / peak:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""`TrainConfig`: the one typed description of a training run.
+
+Every `resnetlab train` flag is a field here (the CLI is generated from these fields), every field may appear in a
+YAML file passed with `--config`, and the resolved config is saved to the run folder as `config.yaml`.
+Precedence: dataclass defaults < YAML file < flags given explicitly on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resnetlab.errors import ResnetlabError
+
+# Choices shared by the CLI (argparse `choices`) and by validation of YAML values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "opt": ("sgd", "adam", "adamw"),
+    "sched": ("cosine", "step", "multistep", "plateau", "onecycle", "constant"),
+    "mode": ("finetune", "frozen", "staged"),
+    "class_weights": ("none", "auto"),
+    "cache": ("auto", "ram", "none"),
+    "augment": ("none", "light", "default", "strong", "cifar"),
+    "amp": ("auto", "bf16", "fp16", "off"),
+}
+
+# Base learning rates at a global batch of 64 (scaled linearly for SGD, by the square root for Adam-style optimisers).
+BASE_LR: dict[str, float] = {"sgd": 0.1, "adam": 1e-3, "adamw": 2e-3}
+REFERENCE_BATCH = 64
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field carrying its CLI help text (mutable defaults through a factory)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class TrainConfig:
+    """All settings of `resnetlab train`; defaults are the from-scratch recipe measured in benchmarks/RESULTS.md."""
+
+    # --- data
+    data: str | None = _f(None, "image folder with one sub-folder per class")
+    val_fraction: float = _f(0.2, "fraction of each class held out for validation (ignored with --val-dir)")
+    val_dir: str | None = _f(None, "separate validation folder with the same class sub-folders")
+    img_size: int | None = _f(None, "training and evaluation resolution (default: the model's, e.g. 224)")
+    augment: str = _f(
+        "default",
+        "train augmentation: none, light (mild crop, flip), default (crop, flip), strong (+TrivialAugment), "
+        "cifar (pad 4, random crop, flip)",
+    )
+    mixup: float = _f(0.0, "mixup alpha (0 = off)")
+    cutmix: float = _f(0.0, "cutmix alpha (0 = off)")
+    cache: str = _f("auto", "keep decoded images in RAM: auto (when they fit), ram, none")
+    workers: int | None = _f(None, "data loader worker processes (default: chosen from the CPU count)")
+    class_weights: str = _f("none", "weight the loss by inverse class frequency: none or auto")
+    balanced_sampler: bool = _f(False, "draw training images with class-balanced probabilities")
+    # --- model
+    model: str = _f("resnet18", "registered model name (see `resnetlab models`)")
+    pretrained: str | None = _f(None, "start from weights: imagenet or a weights file")
+    mode: str = _f("finetune", "finetune (all layers), frozen (head only), staged (head first, then all)")
+    head: list[int] = _f([], "hidden sizes of an MLP head replacing the classifier, e.g. 512,256")
+    dropout: float = _f(0.0, "dropout before the classifier (and in the MLP head)")
+    freeze_epochs: int = _f(1, "staged mode: epochs training only the head before unfreezing")
+    lr_mult: float = _f(100.0, "staged mode: the first stage trains at lr/lr_mult, rising geometrically to the head")
+    freeze_bn: bool = _f(False, "keep every BatchNorm in eval mode (frozen statistics, affine still trains)")
+    # --- optimisation
+    epochs: int = _f(20, "number of epochs")
+    batch_size: int = _f(64, "global batch size (split across processes under torchrun)")
+    opt: str = _f("adamw", "optimizer: sgd, adam, adamw")
+    lr: float | None = _f(None, "peak learning rate (default: per optimizer, scaled with the batch size)")
+    wd: float = _f(0.05, "weight decay (never applied to norm layers and biases)")
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(True, "SGD: Nesterov momentum")
+    sched: str = _f("cosine", "learning-rate schedule: cosine, step, multistep, plateau, onecycle, constant")
+    warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (fractions allowed)")
+    min_lr_ratio: float = _f(0.01, "cosine: final learning rate as a fraction of the peak")
+    step_size: int | None = _f(None, "step schedule: epochs between decays (default: a third of the epochs)")
+    milestones: list[int] = _f([], "multistep schedule: epochs after which the LR is multiplied by gamma")
+    gamma: float = _f(0.1, "step, multistep and plateau schedules: decay factor")
+    label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy loss")
+    aux_weight: float = _f(0.3, "weight of each GoogLeNet auxiliary loss")
+    grad_clip: float | None = _f(None, "clip the gradient norm to this value")
+    patience: int | None = _f(None, "stop after this many epochs without a better validation accuracy")
+    seed: int = _f(0, "random seed (data split, initialisation, augmentation, order)")
+    # --- speed and devices
+    device: str | None = _f(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
+    amp: str = _f("auto", "autocast: auto (bf16 on capable CPUs, bf16/fp16 on CUDA), bf16, fp16, off")
+    channels_last: bool | None = _f(None, "channels_last memory format (default: on)")
+    compile: bool = _f(False, "torch.compile the model")
+    sync_bn: bool = _f(False, "SyncBatchNorm across processes under torchrun (CUDA)")
+    cache_features: bool = _f(True, "frozen mode without random augmentation: compute backbone features once")
+    # --- output
+    out: str | None = _f(None, "run folder (default: runs/<data>-<model>, numbered when it exists)")
+    resume: str | None = _f(None, "continue the run in this folder from its last.pt")
+    progress: bool | None = _f(None, "show a progress bar (default: when stdout is a terminal)")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a plain dict; unknown keys fail naming the closest valid ones. Dashes in keys are accepted."""
+        return cls().merge(values, source=source)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(load_yaml(path), source=str(path))
+
+    def merge(self, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """A copy with `values` applied on top (later layers win); values are checked and coerced to field types."""
+        names = self.field_names()
+        hints = typing.get_type_hints(type(self))
+        updates = {}
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(names)}"
+                raise ResnetlabError(f"{source}: unknown key {raw_key!r}{hint}")
+            updates[key] = _coerce(key, value, hints[key], source)
+        return dataclasses.replace(self, **updates).validate()
+
+    def validate(self) -> TrainConfig:
+        for key, choices in CHOICES.items():
+            value = getattr(self, key)
+            if value not in choices:
+                raise ResnetlabError(f"{key} {value!r}: choose one of {', '.join(choices)}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
+        for key, value in positive.items():
+            if value < 1:
+                raise ResnetlabError(f"{key} must be at least 1, got {value}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ResnetlabError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ResnetlabError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.img_size is not None and self.img_size < 8:
+            raise ResnetlabError(f"img_size must be at least 8 pixels, got {self.img_size}")
+        return self
+
+    # ------------------------------------------------------------------ derived values
+    def resolved_lr(self) -> float:
+        """`lr`, or the optimizer's base rate scaled to the batch size (a quarter of it to fine-tune pretrained)."""
+        if self.lr is not None:
+            return self.lr
+        ratio = self.batch_size / REFERENCE_BATCH
+        lr = BASE_LR[self.opt] * (ratio if self.opt == "sgd" else math.sqrt(ratio))
+        if self.pretrained and self.mode == "finetune":
+            lr *= 0.25  # pretrained features need smaller steps than a fresh network
+        return lr
+
+    # ------------------------------------------------------------------ output
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with clear errors (missing file, bad syntax, not a mapping)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ResnetlabError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise ResnetlabError(f"{path}: not valid YAML{where}; fix the syntax") from exc
+    if not isinstance(data, dict):
+        raise ResnetlabError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
+    return data
+
+
+def parse_int_list(value: Any) -> list[int]:
+    """`"512,256"`, `[512, 256]`, `512` or `""` -> list of ints."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    elif isinstance(value, int):
+        value = [value]
+    return [int(v) for v in value]
+
+
+def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, failing with one line that names the key."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = (
+        next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not list else hint
+    )
+    if value is None:
+        if optional:
+            return None
+        raise ResnetlabError(f"{source}: {key} cannot be empty")
+    try:
+        if typing.get_origin(base) is list:
+            return parse_int_list(value)
+        if base is bool:
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                    raise ValueError(value)
+                return lowered in ("true", "yes", "1", "on")
+            return bool(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        name = getattr(base, "__name__", str(base))
+        raise ResnetlabError(f"{source}: {key} expects {name}, got {value!r}") from None

@@ -1,0 +1,130 @@
+"""DistributedDataParallel under `torchrun`: process-group set-up, samplers, reductions.
+
+`torchrun --nproc-per-node N -m resnetlab train DIR ...` sets RANK / WORLD_SIZE / LOCAL_RANK; `init_distributed`
+reads them and joins the group (nccl on CUDA, gloo on CPU). Without those variables everything is single-process.
+
+Batch size: `--batch-size` is the GLOBAL batch, split evenly across processes (each rank takes batch_size / N), so a
+run's learning rate, schedule and results do not depend on how many processes train it. Only rank 0 writes the run
+folder and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Sampler
+
+from resnetlab.errors import ResnetlabError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1; returns this process's rank info."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda") or device == "auto")
+    if use_cuda:
+        torch.cuda.set_device(info.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return info
+
+
+def device_for(info: DistInfo, device: str | None) -> str | None:
+    """Under torchrun on CUDA each process drives the GPU with its local rank."""
+    if info.enabled and torch.cuda.is_available() and device in (None, "auto", "cuda"):
+        return f"cuda:{info.local_rank}"
+    return device
+
+
+def per_rank_batch(batch_size: int, info: DistInfo) -> int:
+    if batch_size % info.world_size:
+        raise ResnetlabError(
+            f"--batch-size {batch_size} is the global batch and must divide by the {info.world_size} processes"
+        )
+    return batch_size // info.world_size
+
+
+def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bool = False) -> nn.Module:
+    """DDP-wrap the model (after optional SyncBatchNorm conversion); unchanged when single-process."""
+    if sync_bn and not info.enabled:
+        return model  # nothing to synchronise
+    if sync_bn:
+        if device.type != "cuda":
+            raise ResnetlabError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); drop the flag")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if not info.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    # Frozen parameters (requires_grad False) are skipped by DDP; every trainable one gets a gradient each step.
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+class ShardSampler(Sampler[int]):
+    """Rank r takes indices r, r+N, r+2N, ... without padding, so evaluation counts every image exactly once."""
+
+    def __init__(self, length: int, info: DistInfo) -> None:
+        self.indices = list(range(info.rank, length, info.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a small tensor of totals (loss sum, correct, count) over ranks."""
+    if info.enabled:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def broadcast_object(obj: object, info: DistInfo) -> object:
+    """Rank 0's value of `obj` on every rank (e.g. the run folder name)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,533 @@
+"""`fit(cfg)`: the epoch loop behind `resnetlab train`, and the run folder it writes.
+
+Run folder: config.yaml, class_indices.json, best.pt (by val accuracy), last.pt, history.csv, curves.png,
+TensorBoard event files and summary.json. Only rank 0 writes it under torchrun.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, WeightedRandomSampler
+
+from resnetlab.config import TrainConfig
+from resnetlab.engine import distributed as ddp
+from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from resnetlab.engine.evaluate import evaluate
+from resnetlab.engine.optim import build_optimizer, build_schedule, configure_phase, param_groups, plan_phases
+from resnetlab.engine.precision import Precision, inference_mode, resolve_precision
+from resnetlab.engine.run_state import capture_rng, restore_rng, seed_epoch, seed_everything
+from resnetlab.engine.train import progress_enabled, train_one_epoch
+from resnetlab.errors import ResnetlabError
+
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "val_acc5", "img_s")
+
+# Augmentation presets -> `build_transform("train", ...)` options; "none" uses the deterministic eval transform.
+AUGMENT: dict[str, dict[str, Any] | None] = {
+    "none": None,
+    "light": {"scale": (0.6, 1.0), "hflip": 0.5},
+    "default": {"scale": (0.25, 1.0), "hflip": 0.5},
+    "strong": {"scale": (0.08, 1.0), "hflip": 0.5, "auto_augment": "trivial", "re_prob": 0.25},
+    "cifar": None,  # built by `cifar_transform`
+}
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool = True) -> tuple[nn.Module, dict | None]:
+    """The model with the requested head; its default_cfg records the image size actually used."""
+    from resnetlab.engine.heads import replace_head
+    from resnetlab.models import create_model
+
+    model = create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained if pretrained else None)
+    head = {"hidden": list(cfg.head), "dropout": cfg.dropout} if cfg.head or cfg.dropout else None
+    if head:
+        replace_head(model, num_classes, **head)
+    c, h, w = model.default_cfg["input_size"]
+    size = (cfg.img_size, cfg.img_size) if cfg.img_size else (h, w)
+    model.default_cfg = {**model.default_cfg, "input_size": (c, *size)}
+    return model, head
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class RunData:
+    splits: Any  # resnetlab.data.folder.DatasetSplits
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    sampler: Any
+    generators: dict[str, torch.Generator]
+    class_counts: list[int]
+
+
+def _dataset(samples: list, transform: Callable, cache: str) -> Any:
+    """ImageDataset with the RAM cache when asked; `auto` falls back to no cache when it would not fit."""
+    from resnetlab.data.loader import ImageDataset
+
+    if cache == "none":
+        return ImageDataset(samples, transform)
+    try:
+        dataset = ImageDataset(samples, transform, cache="ram")
+    except ResnetlabError:
+        if cache == "ram":
+            raise
+        return ImageDataset(samples, transform)
+    dataset.warm_cache()  # decode once with threads; later epochs read pixels only and need no workers
+    return dataset
+
+
+def train_transform(augment: str, default_cfg: dict, size: int, eval_tf: Callable) -> Callable:
+    """The training transform for an `--augment` preset ("none" reuses the deterministic eval transform)."""
+    from resnetlab.data.transforms import build_transform
+
+    if augment == "cifar":
+        return cifar_transform(size, default_cfg["mean"], default_cfg["std"])
+    if AUGMENT[augment] is None:
+        return eval_tf
+    return build_transform(
+        "train",
+        size,
+        default_cfg["mean"],
+        default_cfg["std"],
+        crop_pct=default_cfg.get("crop_pct", 0.875),
+        interpolation=default_cfg.get("interpolation", "bilinear"),
+        **AUGMENT[augment],
+    )
+
+
+def cifar_transform(size: int, mean: Any, std: Any) -> Callable:
+    """He et al. 2015 (section 4.2): resize to `size`, pad 4 pixels, random `size` crop, horizontal flip."""
+    from torchvision.transforms import v2
+
+    tf = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(size, antialias=True),
+            v2.CenterCrop(size),
+            v2.RandomCrop(size, padding=4),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
+    tf.decode_size = size  # what the RAM cache stores
+    return tf
+
+
+def train_sampler(labels: list[int], cfg: TrainConfig, info: ddp.DistInfo) -> tuple[Any, dict]:
+    """Shuffling sampler whose order depends only on (seed, epoch), split across ranks; or a class-balanced one."""
+    if cfg.balanced_sampler:
+        if info.enabled:
+            raise ResnetlabError("--balanced-sampler is single-process for now; drop it or use --class-weights auto")
+        counts = torch.bincount(torch.tensor(labels))
+        weights = (1.0 / counts.double())[torch.tensor(labels)]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        return WeightedRandomSampler(weights, len(labels), replacement=True, generator=gen), {"sampler": gen}
+    # DistributedSampler is used in single-process runs too so that N ranks see exactly the batches one process sees.
+    sampler = DistributedSampler(
+        range(len(labels)), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed
+    )
+    return sampler, {}
+
+
+def _drop_last(n: int, batch: int, info: ddp.DistInfo) -> bool:
+    # Keep every image, except a last batch of one, which BatchNorm cannot normalise in training mode.
+    per_rank = -(-n // info.world_size)
+    return per_rank % batch == 1
+
+
+def build_data(
+    cfg: TrainConfig, default_cfg: dict, info: ddp.DistInfo, precision: Precision, splits: Any = None
+) -> RunData:
+    from resnetlab.data.folder import make_splits
+    from resnetlab.data.loader import build_loader
+    from resnetlab.data.transforms import eval_transform_from_cfg
+
+    if splits is None:
+        splits = make_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir)
+    size = default_cfg["input_size"][-1]
+    eval_tf = eval_transform_from_cfg(default_cfg, size)
+    train_tf = train_transform(cfg.augment, default_cfg, size, eval_tf)
+    batch = ddp.per_rank_batch(cfg.batch_size, info)
+    labels = [label for _, label in splits.train]
+    sampler, generators = train_sampler(labels, cfg, info)
+    train_set = _dataset(splits.train, train_tf, cfg.cache)
+    device_type = precision.device.type
+    train_loader = build_loader(
+        train_set,
+        batch,
+        shuffle=True,
+        num_workers=cfg.workers,
+        drop_last=_drop_last(len(train_set), batch, info),
+        sampler=sampler,
+        seed=cfg.seed,
+        device_type=device_type,
+    )
+    generators = {**generators, "loader": train_loader.generator}
+    val_loader = None
+    if splits.val:
+        val_set = _dataset(splits.val, eval_tf, cfg.cache)
+        val_sampler = ddp.ShardSampler(len(val_set), info) if info.enabled else None
+        val_loader = build_loader(
+            val_set, batch, shuffle=False, num_workers=cfg.workers, sampler=val_sampler, device_type=device_type
+        )
+    counts = torch.bincount(torch.tensor(labels), minlength=len(splits.classes)).tolist()
+    return RunData(splits, train_loader, val_loader, sampler, generators, counts)
+
+
+# ---------------------------------------------------------------------------------------------- frozen features
+
+
+def extract_features(model: nn.Module, loader: DataLoader, precision: Precision) -> TensorDataset:
+    """Pooled backbone features (N, F) and labels, in loader order: what the head sees, computed once."""
+    model.eval()
+    feats, labels = [], []
+    with inference_mode(precision):
+        for images, y in loader:
+            x = model.forward_features(precision.prepare_batch(images))  # (B, C, H, W)
+            feats.append(model.forward_head(x, pre_logits=True).float().cpu())  # (B, F)
+            labels.append(y)
+    return TensorDataset(torch.cat(feats), torch.cat(labels))
+
+
+def feature_data(model: nn.Module, data: RunData, cfg: TrainConfig, precision: Precision) -> RunData:
+    """Swap image loaders for loaders over cached features (same sampler, so the same order and batches)."""
+    from resnetlab.data.loader import build_loader
+
+    def plain(loader: DataLoader) -> DataLoader:
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers)
+
+    train_feats = extract_features(model, plain(data.train_loader), precision)
+    train_loader = build_loader(
+        train_feats,
+        data.train_loader.batch_size,
+        shuffle=True,
+        num_workers=0,
+        drop_last=data.train_loader.drop_last,
+        sampler=data.sampler,
+        seed=cfg.seed,
+    )
+    val_loader = None
+    if data.val_loader is not None:
+        val_loader = build_loader(
+            extract_features(model, data.val_loader, precision),
+            data.val_loader.batch_size,
+            shuffle=False,
+            num_workers=0,
+        )
+    generators = {**data.generators, "loader": train_loader.generator}
+    return dataclasses.replace(data, train_loader=train_loader, val_loader=val_loader, generators=generators)
+
+
+def uses_feature_cache(cfg: TrainConfig, info: ddp.DistInfo) -> bool:
+    """Frozen backbone + deterministic inputs: the backbone's output never changes, so compute it once."""
+    return (
+        cfg.cache_features
+        and cfg.mode == "frozen"
+        and cfg.augment == "none"
+        and not cfg.mixup
+        and not cfg.cutmix
+        and not info.enabled
+    )
+
+
+# ---------------------------------------------------------------------------------------------- run folder
+
+
+def make_run_dir(cfg: TrainConfig) -> Path:
+    """`--out`, or runs/<data>-<model>, numbered -2, -3, ... when taken (as Ultralytics does)."""
+    if cfg.out:
+        out = Path(cfg.out)
+        if (out / "last.pt").exists():
+            raise ResnetlabError(f"{out}: already holds a run; continue it with --resume {out} or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    base = Path("runs") / f"{Path(cfg.data).resolve().name}-{cfg.model}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    out.mkdir(parents=True)
+    return out
+
+
+def read_history(path: Path, epochs: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [row for row in csv.DictReader(f) if int(row["epoch"]) <= epochs]
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _fmt(row: dict[str, Any], total: int, best: tuple[float, int]) -> str:
+    val = "" if row["val_acc"] == "" else f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+    return (
+        f"epoch {row['epoch']:>3}/{total}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}{val}"
+        f"  best {best[0]:.4f}@{best[1]}  lr {row['lr']:.2e}  {row['img_s']:.1f} img/s  {row['seconds']:.1f}s"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def make_criterion(cfg: TrainConfig, counts: list[int], device: torch.device) -> nn.Module:
+    weight = None
+    if cfg.class_weights == "auto":
+        n = torch.tensor(counts, dtype=torch.float32).clamp(min=1)
+        weight = (n.sum() / (len(counts) * n)).to(device)  # inverse frequency, 1.0 for a balanced set
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train as `cfg` says; returns the summary (also written to the run folder's summary.json)."""
+    info = ddp.init_distributed(cfg.device)
+    try:
+        trainer = Trainer(cfg, info, log if info.is_main else (lambda _msg: None))
+        for epoch in range(trainer.start_epoch, cfg.epochs):
+            if trainer.run_epoch(epoch):
+                break
+        return trainer.finish()
+    finally:
+        ddp.cleanup(info)
+
+
+class Trainer:
+    """Holds one run's model, data, optimizer and bookkeeping; `fit` drives it epoch by epoch."""
+
+    def __init__(self, cfg: TrainConfig, info: ddp.DistInfo, log: Callable[[str], None]) -> None:
+        from resnetlab.data.folder import make_splits, write_class_indices
+
+        if not cfg.data:
+            raise ResnetlabError("no data folder: pass DIR (one sub-folder per class) or set data in --config")
+        self.cfg, self.info, self.log = cfg, info, log
+        self.started = time.perf_counter()
+        self.precision = resolve_precision(ddp.device_for(info, cfg.device), cfg.amp, cfg.channels_last)
+        ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
+        run_dir = Path(cfg.resume) if cfg.resume else (make_run_dir(cfg) if info.is_main else None)
+        self.run_dir = Path(ddp.broadcast_object(str(run_dir), info))
+
+        if cfg.mode != "finetune" and not cfg.pretrained:
+            log(f"warning: --mode {cfg.mode} without --pretrained freezes a random backbone; use --mode finetune")
+        seed_everything(cfg.seed)
+        self.splits = make_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir)
+        model, self.head_spec = build_model(cfg, self.splits.num_classes, pretrained=ckpt is None)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+        self.model = self.precision.prepare_model(model)
+        self.data = build_data(cfg, model.default_cfg, info, self.precision, self.splits)
+        self.cached = uses_feature_cache(cfg, info)
+        # Cached features are (B, F) vectors: no channels_last for the head.
+        self.step_precision = (
+            dataclasses.replace(self.precision, channels_last=False) if self.cached else self.precision
+        )
+        if self.cached:
+            t0 = time.perf_counter()
+            self.data = feature_data(self.model, self.data, cfg, self.precision)
+            log(f"cached backbone features of {len(self.splits.train) + len(self.splits.val)} images "
+                f"in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+        self.criterion = make_criterion(cfg, self.data.class_counts, self.precision.device)
+        self.mixer = None
+        if cfg.mixup or cfg.cutmix:
+            from resnetlab.data.transforms import MixupCutmix
+
+            self.mixer = MixupCutmix(self.splits.num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
+        self.scaler = torch.amp.GradScaler(self.precision.device.type, enabled=self.precision.needs_grad_scaler)
+        self.lr = cfg.resolved_lr()
+        self.phases = plan_phases(cfg.mode, cfg.epochs, cfg.freeze_epochs)
+        self.phase = -1  # index into self.phases; start_phase fills the four attributes below
+        self.eval_modules: list[nn.Module] = []
+        self.train_model = self.optimizer = self.schedule = None
+        self.progress = progress_enabled(cfg.progress, info)
+
+        # Resumed bookkeeping (or a fresh start).
+        self.ckpt = ckpt
+        self.start_epoch = int(ckpt["epoch"]) if ckpt else 0
+        self.history = read_history(self.run_dir / "history.csv", self.start_epoch) if ckpt else []
+        self.best_acc = float(ckpt["best_acc"]) if ckpt and ckpt.get("best_acc") is not None else -1.0
+        self.best_epoch = int(ckpt["metrics"].get("best_epoch", 0)) if ckpt else 0
+        if ckpt:
+            restore_rng(ckpt["rng"], self.data.generators)
+        self.train_seconds, self.train_images, self.stopped_early = 0.0, 0, False
+
+        self.writer = None
+        if info.is_main:
+            cfg.to_yaml(self.run_dir / "config.yaml")
+            write_class_indices(self.run_dir / "class_indices.json", self.splits.classes)
+            self.writer = _summary_writer(self.run_dir)
+        log(
+            f"train {cfg.model}: {self.splits.num_classes} classes, {len(self.splits.train)} train / "
+            f"{len(self.splits.val)} val images, {model.default_cfg['input_size'][-1]} px, "
+            f"{self.precision.describe()}, "
+            f"batch {cfg.batch_size}{f' on {info.world_size} processes' if info.enabled else ''}, "
+            f"{cfg.opt} lr {self.lr:.2e} {cfg.sched}, mode {cfg.mode}{' (cached features)' if self.cached else ''} "
+            f"-> {self.run_dir}"
+        )
+
+    def start_phase(self, epoch: int) -> None:
+        """Enter the phase holding `epoch` when it is a new one: (un)freeze, fresh optimizer and schedule."""
+        index = next(i for i, (_, a, b) in enumerate(self.phases) if a <= epoch < b)
+        if index == self.phase:
+            return
+        cfg, self.phase = self.cfg, index
+        kind, first, end = self.phases[index]
+        pairs, self.eval_modules = configure_phase(self.model, kind, self.lr, cfg.lr_mult)
+        trained = self.model.get_classifier() if self.cached else self.model
+        self.train_model = _wrap(trained, cfg, self.info, self.precision)
+        self.optimizer = build_optimizer(cfg.opt, param_groups(pairs, cfg.wd), self.lr, cfg.momentum, cfg.nesterov)
+        self.schedule = build_schedule(
+            cfg.sched, self.optimizer, end - first, len(self.data.train_loader), cfg.warmup_epochs,
+            cfg.min_lr_ratio, cfg.step_size, cfg.gamma, [m - first for m in cfg.milestones if m > first],
+        )  # fmt: skip
+        if self.ckpt is not None and epoch == self.start_epoch and epoch > first:  # resumed mid-phase
+            self.optimizer.load_state_dict(self.ckpt["optimizer"])
+            self.schedule.load_state_dict(self.ckpt["scheduler"])
+            self.scaler.load_state_dict(self.ckpt["scaler"])
+
+    def run_epoch(self, epoch: int) -> bool:
+        """Train and validate one epoch, save checkpoints and logs; True when early stopping says stop."""
+        cfg, data = self.cfg, self.data
+        self.start_phase(epoch)
+        if isinstance(data.sampler, DistributedSampler):
+            data.sampler.set_epoch(epoch)
+        seed_epoch(cfg.seed, epoch, self.info.rank, tuple(data.generators.values()))
+        start = time.perf_counter()
+        stats = train_one_epoch(
+            self.train_model, data.train_loader, self.optimizer, self.schedule, self.criterion, self.step_precision,
+            scaler=self.scaler, mixer=self.mixer, aux_weight=cfg.aux_weight, grad_clip=cfg.grad_clip,
+            eval_modules=[] if self.cached else self.eval_modules, freeze_bn=cfg.freeze_bn, info=self.info,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=self.progress,
+        )  # fmt: skip
+        if not math.isfinite(stats["loss"]):
+            raise ResnetlabError(
+                f"training diverged at epoch {epoch + 1} (loss is {stats['loss']}); lower --lr or add --grad-clip"
+            )
+        val = None
+        if data.val_loader is not None:
+            eval_model = self.model.get_classifier() if self.cached else self.model
+            val = evaluate(eval_model, data.val_loader, self.step_precision, self.info)
+        self.schedule.epoch_end(val["acc"] if val else None)
+        self.train_seconds += stats["seconds"]
+        self.train_images += stats["n"]
+
+        score = val["acc"] if val else stats["acc"]  # without a validation split, the last epoch is the best
+        improved = score > self.best_acc or not val
+        if improved:
+            self.best_acc, self.best_epoch = score, epoch + 1
+        row = {
+            "epoch": epoch + 1,
+            "lr": stats["lr"],
+            "train_loss": stats["loss"],
+            "train_acc": stats["acc"],
+            "val_loss": val["loss"] if val else "",
+            "val_acc": val["acc"] if val else "",
+            "seconds": time.perf_counter() - start,  # training and validation
+            "val_acc5": val["acc5"] if val else "",
+            "img_s": stats["img_s"],
+        }
+        self.history.append(row)
+        if self.info.is_main:
+            self.save(row, improved)
+        self.log(_fmt(row, cfg.epochs, (self.best_acc, self.best_epoch)))
+        if cfg.patience and epoch + 1 - self.best_epoch >= cfg.patience:
+            self.log(f"early stop: no better val accuracy for {cfg.patience} epochs")
+            self.stopped_early = True
+        return self.stopped_early
+
+    def save(self, row: dict[str, Any], improved: bool) -> None:
+        """last.pt (and best.pt when improved) with the checkpoint schema, then history.csv and TensorBoard."""
+        payload = {
+            "arch": self.cfg.model,
+            "num_classes": self.splits.num_classes,
+            "classes": list(self.splits.classes),
+            "model_kwargs": {},
+            "head": self.head_spec,
+            "default_cfg": _plain(self.model.default_cfg),
+            "config": self.cfg.to_dict(),
+            "data": self.splits.record(),
+            "epoch": row["epoch"],
+            "best_acc": self.best_acc,
+            "metrics": {**row, "best_epoch": self.best_epoch},
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng(self.data.generators),
+        }
+        save_checkpoint(self.run_dir / "last.pt", payload)
+        if improved:
+            save_checkpoint(self.run_dir / "best.pt", payload)
+        write_history(self.run_dir / "history.csv", self.history)
+        _log_scalars(self.writer, row, row["epoch"])
+
+    def finish(self) -> dict[str, Any]:
+        """summary.json and curves.png (rank 0); returns the summary on every rank."""
+        summary = {
+            "model": self.cfg.model,
+            "best_epoch": self.best_epoch,
+            "best_val_acc": self.best_acc if self.best_acc >= 0 else None,
+            "final_val_acc": self.history[-1]["val_acc"] if self.history else None,
+            "epochs_run": len(self.history),
+            "stopped_early": self.stopped_early,
+            "wall_seconds": time.perf_counter() - self.started,
+            "train_images_per_s": self.train_images / self.train_seconds if self.train_seconds else None,
+            "precision": self.precision.describe(),
+            "feature_cache": self.cached,
+            "world_size": self.info.world_size,
+            "run_dir": str(self.run_dir),
+        }
+        if self.info.is_main:
+            from resnetlab.report.plots import plot_curves
+
+            self.writer.close()
+            rows = read_history(self.run_dir / "history.csv", self.cfg.epochs)
+            plot_curves(rows, self.run_dir / "curves.png", title=self.run_dir.name)
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        ddp.barrier(self.info)
+        return summary
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, info: ddp.DistInfo, precision: Precision) -> nn.Module:
+    model = ddp.wrap_model(model, info, precision.device, sync_bn=cfg.sync_bn)
+    return torch.compile(model) if cfg.compile else model
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively, so the config reads back as JSON-like data."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _summary_writer(run_dir: Path) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir))
+
+
+def _log_scalars(writer: Any, row: dict[str, Any], step: int) -> None:
+    for name in ("train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "lr", "img_s"):
+        if row[name] != "":
+            split, _, metric = name.partition("_") if name.startswith(("train", "val")) else ("", "", name)
+            writer.add_scalar(f"{metric}/{split}" if split else name, float(row[name]), step)
+    writer.flush()

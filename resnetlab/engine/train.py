@@ -1,0 +1,123 @@
+"""One training epoch: autocast, channels_last, optional grad scaler, mixup/cutmix, GoogLeNet auxiliary losses."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from resnetlab.engine.distributed import DistInfo, all_reduce_sum
+from resnetlab.engine.optim import Schedule, set_train_mode
+from resnetlab.engine.precision import Precision
+
+Mixer = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def progress_enabled(progress: bool | None, info: DistInfo = DistInfo()) -> bool:
+    """Bars only on rank 0 and, unless forced, only when stdout is a terminal (quiet in logs and CI)."""
+    if not info.is_main:
+        return False
+    return sys.stdout.isatty() if progress is None else progress
+
+
+def split_outputs(out: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and auxiliary logits: GoogLeNet returns a namedtuple (logits, aux2, aux1) while training."""
+    if isinstance(out, torch.Tensor):
+        return out, []
+    return out[0], [a for a in out[1:] if a is not None]
+
+
+def compute_loss(
+    out: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor, criterion: nn.Module, aux_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits): the main loss plus `aux_weight` times each auxiliary loss."""
+    logits, aux = split_outputs(out)
+    loss = criterion(logits, target)
+    for a in aux:
+        loss = loss + aux_weight * criterion(a, target)
+    return loss, logits
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    # The highest group LR is the head's: the number users set with --lr.
+    return max(g["lr"] for g in optimizer.param_groups)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    criterion: nn.Module,
+    precision: Precision,
+    scaler: torch.amp.GradScaler | None = None,
+    mixer: Mixer | None = None,
+    aux_weight: float = 0.3,
+    grad_clip: float | None = None,
+    eval_modules: Sequence[nn.Module] = (),
+    freeze_bn: bool = False,
+    info: DistInfo = DistInfo(),
+    desc: str = "train",
+    progress: bool = False,
+) -> dict[str, float]:
+    """Train for one pass over `loader`; returns the epoch's mean loss, accuracy, images/s and final LR (all ranks)."""
+    from tqdm import tqdm
+
+    set_train_mode(model, eval_modules, freeze_bn)
+    device = precision.device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    start = time.perf_counter()
+    last_lr = current_lr(optimizer)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress, file=sys.stdout)
+    for step, (images, labels) in enumerate(bar):
+        images = precision.prepare_batch(images)  # (B, C, H, W)
+        labels = labels.to(device, non_blocking=True)
+        target = labels
+        if mixer is not None:
+            images, target = mixer(images, labels)  # target: (B, num_classes) soft labels
+        with precision.autocast():
+            out = model(images)
+            loss, logits = compute_loss(out, target, criterion, aux_weight)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        last_lr = current_lr(optimizer)  # the rate this step used, before the schedule moves it
+        schedule.step()
+
+        n = labels.numel()
+        hard = target.argmax(1) if target.ndim == 2 else target  # mixup: the dominant label
+        correct = (logits.argmax(1) == hard).sum()
+        totals += torch.stack([loss.detach().double() * n, correct.double(), totals.new_tensor(n)])
+        if progress and (step % 5 == 0 or step == len(bar) - 1):
+            seen = totals[2].item()
+            bar.set_postfix(
+                loss=f"{totals[0].item() / seen:.3f}",
+                acc=f"{totals[1].item() / seen:.3f}",
+                lr=f"{current_lr(optimizer):.2e}",
+                img_s=f"{seen * info.world_size / (time.perf_counter() - start):.1f}",
+            )
+    bar.close()
+    seconds = time.perf_counter() - start
+    loss_sum, correct, count = all_reduce_sum(totals, info).tolist()
+    count = max(count, 1.0)
+    return {
+        "loss": loss_sum / count,
+        "acc": correct / count,
+        "n": int(count),
+        "seconds": seconds,
+        "img_s": count / max(seconds, 1e-9),
+        "lr": last_lr,  # the rate of the epoch's last step
+    }

@@ -1,0 +1,72 @@
+"""DDP under torchrun (2 processes, gloo on CPU) reaches the weights of a single process with the same global batch.
+
+BatchNorm is the subtle part: in training mode each rank normalises with its own half-batch statistics, so plain
+DDP is *by design* not equal to one process seeing the whole batch, and SyncBatchNorm (which would fix that) has no
+CPU kernel. The test therefore trains every weight with `--freeze-bn` (BatchNorm uses its running statistics), where
+the only coupling between ranks is DDP's gradient all-reduce: exactly what must match. Frozen statistics only make
+sense for a warm start, so both runs start from a weights file whose BN statistics were calibrated. Augmentation is
+off so both runs feed identical pixels; the shared sampler gives rank r the r-th interleaved half of each global
+batch. SGD is used because its update is linear in the gradient: Adam divides by sqrt(v) + eps, which turns
+float-rounding noise in near-zero gradients into differences of a whole step (seen: one weight of 20k off by 6e-5).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from resnetlab.engine.checkpoint import load_checkpoint
+from tests.engine.conftest import write_digits
+
+ARGS = [
+    "--model", "resnet20", "--img-size", "16", "--epochs", "2", "--batch-size", "8", "--augment", "none",
+    "--freeze-bn", "--opt", "sgd", "--lr", "0.01", "--amp", "off", "--workers", "0", "--cache", "none",
+    "--seed", "3", "--no-progress",
+]  # fmt: skip
+
+
+def _calibrated_weights(path):
+    """resnet20 weights whose BatchNorm running statistics were measured on normalised-image-like inputs."""
+    from resnetlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=4).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(64, 3, 16, 16))
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def _run(cmd: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    data = write_digits(tmp_path / "data", {0: 10, 1: 10, 2: 10, 3: 10})  # 32 train: 4 global batches of 8
+    start = _calibrated_weights(tmp_path / "start.pt")
+    args = [*ARGS, "--pretrained", start]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    _run([*torchrun, "-m", "resnetlab", "train", str(data), *args, "--out", str(tmp_path / "ddp")])
+    _run([sys.executable, "-m", "resnetlab", "train", str(data), *args, "--out", str(tmp_path / "one")])
+
+    ddp, one = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "one" / "last.pt")
+    assert ddp["epoch"] == one["epoch"] == 2
+    initial = torch.load(start, weights_only=True)
+    for key, value in one["model"].items():
+        assert torch.allclose(ddp["model"][key].float(), value.float(), rtol=1e-5, atol=1e-6), key
+    moved = [k for k, v in one["model"].items() if v.is_floating_point() and not torch.allclose(v, initial[k])]
+    assert "conv1.weight" in moved and "layer3.2.conv2.weight" in moved  # the equality is not of untouched weights
+    # Validation counted every image once across the two ranks.
+    assert ddp["metrics"]["val_acc"] == pytest.approx(one["metrics"]["val_acc"])
+    assert not list((tmp_path / "ddp").glob("*.tmp"))

@@ -1,0 +1,114 @@
+"""A tiny real training run: the run folder's files, checkpoint contents, early stopping, class weights."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from resnetlab.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from resnetlab.engine.fit import HISTORY_COLUMNS, fit, make_criterion
+from tests.engine.conftest import tiny_config, write_digits
+
+
+@pytest.fixture(scope="module")
+def run(digits_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    lines: list[str] = []
+    summary = fit(tiny_config(digits_dir, out, epochs=3, head=[32], dropout=0.1), log=lines.append)
+    return out, summary, lines
+
+
+def test_run_folder_contents(run):
+    out, summary, lines = run
+    for name in (
+        "config.yaml",
+        "class_indices.json",
+        "best.pt",
+        "last.pt",
+        "history.csv",
+        "curves.png",
+        "summary.json",
+    ):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "class_indices.json").read_text()) == {"0": "one", "1": "two", "2": "zero"}
+    with (out / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == HISTORY_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(0.0 <= float(r["val_acc"]) <= 1.0 and float(r["seconds"]) > 0 for r in rows)
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["epochs_run"] == 3 and saved["best_val_acc"] == max(float(r["val_acc"]) for r in rows)
+    assert saved["train_images_per_s"] > 0 and saved["wall_seconds"] > 0
+    assert sum(line.startswith("epoch") for line in lines) == 3  # one summary line per epoch
+
+
+def test_tensorboard_events_readable(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _, _ = run
+    assert list(out.glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(out))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"loss/train", "acc/val", "lr"} <= set(tags)
+    assert [e.step for e in acc.Scalars("acc/val")] == [1, 2, 3]
+
+
+def test_checkpoint_is_self_describing(run):
+    out, summary, _ = run
+    last = load_checkpoint(out / "last.pt")
+    best = load_checkpoint(out)  # a run folder resolves to best.pt
+    assert last["arch"] == "resnet20" and last["num_classes"] == 3 and last["classes"] == ["one", "two", "zero"]
+    assert last["epoch"] == 3 and best["epoch"] == summary["best_epoch"]
+    assert last["default_cfg"]["input_size"] == [3, 16, 16]
+    assert last["head"] == {"hidden": [32], "dropout": 0.1}
+    assert last["config"]["img_size"] == 16 and last["data"]["classes"] == last["classes"]
+    for key in ("optimizer", "scheduler", "scaler", "rng"):
+        assert key in last
+    model = model_from_checkpoint(last).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert model(x).shape == (2, 3)
+
+
+def test_early_stopping(digits_dir, tmp_path):
+    # lr 0: the validation accuracy can never improve after epoch 1, so patience 2 stops after epoch 3.
+    summary = fit(tiny_config(digits_dir, tmp_path / "es", epochs=10, lr=0.0, warmup_epochs=0, patience=2), log=print)
+    assert summary["stopped_early"] and summary["epochs_run"] == 3 and summary["best_epoch"] == 1
+
+
+def test_class_weights_inverse_frequency():
+    crit = make_criterion(tiny_config("x", "y", class_weights="auto"), [30, 10, 20], torch.device("cpu"))
+    assert torch.allclose(crit.weight, torch.tensor([60 / 90, 60 / 30, 60 / 60]))
+    assert make_criterion(tiny_config("x", "y"), [30, 10, 20], torch.device("cpu")).weight is None
+
+
+def test_imbalanced_run_with_weights_and_balanced_sampler(tmp_path):
+    data = write_digits(tmp_path / "imb", {0: 24, 1: 6, 2: 10})
+    cfg = tiny_config(data, tmp_path / "run", epochs=1, class_weights="auto", balanced_sampler=True)
+    summary = fit(cfg, log=print)
+    assert summary["epochs_run"] == 1 and (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_balanced_sampler_draws_classes_evenly():
+    from resnetlab.engine.distributed import DistInfo
+    from resnetlab.engine.fit import train_sampler
+
+    labels = [0] * 80 + [1] * 10 + [2] * 10
+    sampler, gens = train_sampler(labels, tiny_config("x", "y", balanced_sampler=True), DistInfo())
+    drawn = torch.tensor([labels[i] for _ in range(20) for i in sampler])
+    share = torch.bincount(drawn, minlength=3) / len(drawn)
+    assert torch.allclose(share, torch.full((3,), 1 / 3), atol=0.05)
+    assert "sampler" in gens
+
+
+def test_cifar_recipe_pieces_run(digits_dir, tmp_path):
+    cfg = tiny_config(
+        digits_dir, tmp_path / "c", augment="cifar", opt="sgd", nesterov=False, sched="multistep", milestones=[1]
+    )
+    summary = fit(cfg, log=print)
+    rows = list(csv.DictReader((tmp_path / "c" / "history.csv").open()))
+    assert summary["epochs_run"] == 2 and float(rows[1]["lr"]) == pytest.approx(float(rows[0]["lr"]) * 0.1)

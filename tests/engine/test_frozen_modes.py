@@ -1,0 +1,84 @@
+"""Transfer-learning modes: frozen trains only the head (BN statistics untouched), feature caching, staged."""
+
+from __future__ import annotations
+
+import torch
+
+from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from resnetlab.engine.fit import build_model, fit
+from tests.engine.conftest import tiny_config
+
+
+def _pretrained_file(tmp_path, cfg) -> str:
+    """A 'pretrained' starting point: the model's initial weights with non-trivial BN statistics."""
+    model, _ = build_model(cfg.merge({"pretrained": None}), 3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "start.pt"
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k, v in before.items() if not torch.equal(v, after[k])}
+
+
+def test_frozen_trains_only_head_and_keeps_bn_stats(digits_dir, tmp_path):
+    cfg = tiny_config(digits_dir, tmp_path / "run", mode="frozen", augment="light", epochs=2)
+    start = _pretrained_file(tmp_path, cfg)
+    summary = fit(cfg.merge({"pretrained": start}), log=print)
+    assert not summary["feature_cache"]  # random augmentation: the backbone sees new inputs every epoch
+    before = torch.load(start, weights_only=True)
+    after = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    # Backbone weights AND BN running_mean/var/num_batches_tracked unchanged; only the head learned.
+    assert _changed(before, after) == {"fc.weight", "fc.bias"}
+
+
+def test_frozen_without_augmentation_caches_features(digits_dir, tmp_path, monkeypatch):
+    from resnetlab.models.cifar_resnet import CifarResNet
+
+    calls = {"n": 0}
+    original = CifarResNet.forward_features
+
+    def counting(self, x):
+        calls["n"] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(CifarResNet, "forward_features", counting)
+    counts = []
+    for epochs in (1, 4):
+        calls["n"] = 0
+        cfg = tiny_config(digits_dir, tmp_path / f"e{epochs}", mode="frozen", augment="none", epochs=epochs)
+        summary = fit(cfg, log=print)
+        assert summary["feature_cache"]
+        counts.append(calls["n"])
+    assert counts[0] == counts[1] > 0  # backbone runs once (train + val extraction), whatever the epoch count
+    ckpt = load_checkpoint(tmp_path / "e4" / "last.pt")
+    assert ckpt["epoch"] == 4 and 0 <= ckpt["metrics"]["val_acc"] <= 1
+
+
+def test_staged_unfreezes_after_head_epochs(digits_dir, tmp_path):
+    cfg = tiny_config(digits_dir, tmp_path / "run", mode="staged", freeze_epochs=1, epochs=2)
+    start = _pretrained_file(tmp_path, cfg)
+    fit(cfg.merge({"pretrained": start}), log=print)
+    before = torch.load(start, weights_only=True)
+    after = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert "conv1.weight" in _changed(before, after)  # the backbone trained in the second phase
+
+
+def test_checkpoint_save_is_atomic(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(2)}})
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    try:
+        save_checkpoint(path, {"epoch": 2, "model": Unsaveable()})
+    except RuntimeError:
+        pass
+    assert load_checkpoint(path)["epoch"] == 1  # the old file survives a failed save
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # and no temp file is left behind

@@ -1,0 +1,43 @@
+"""`--resume` continues exactly: 3 epochs == 2 epochs, a kill, and a resumed third epoch (same final weights)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from resnetlab.engine.checkpoint import load_checkpoint
+from resnetlab.engine.fit import fit
+from tests.engine.conftest import tiny_config
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_after(epoch: int, total: int):
+    def log(line: str) -> None:
+        if line.startswith(f"epoch {epoch:>3}/{total}"):
+            raise Killed  # after last.pt of `epoch` was written, as a kill would leave it
+
+    return log
+
+
+def test_resume_reaches_same_weights(digits_dir, tmp_path):
+    # Random crops, flips, dropout and mixup are all on, so every random stream must replay. Staged mode with one
+    # head-only epoch makes the resume land mid-phase: optimizer and schedule state must come back too.
+    overrides = {"mode": "staged", "freeze_epochs": 1, "dropout": 0.2, "mixup": 0.4}
+    full = tiny_config(digits_dir, tmp_path / "full", epochs=3, **overrides)
+    fit(full, log=lambda _: None)
+
+    cut = tiny_config(digits_dir, tmp_path / "cut", epochs=3, **overrides)
+    with pytest.raises(Killed):
+        fit(cut, log=_kill_after(2, 3))
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
+
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert b["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["metrics"]["val_acc"] == b["metrics"]["val_acc"]
+    assert (tmp_path / "cut" / "history.csv").read_text().count("\n") == 4  # header + 3 epochs, no duplicates

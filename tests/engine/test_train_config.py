@@ -1,0 +1,81 @@
+"""TrainConfig: precedence defaults < YAML < explicit flags, YAML errors, round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from resnetlab.cli import build_parser
+from resnetlab.commands.train import resolve_config
+from resnetlab.config import TrainConfig
+from resnetlab.errors import ResnetlabError
+
+
+def _resolve(argv: list[str]) -> TrainConfig:
+    return resolve_config(build_parser().parse_args(["train", *argv]))
+
+
+def test_every_field_is_a_flag():
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest for a in train._actions}
+    assert set(TrainConfig.field_names()) <= dests
+
+
+def test_precedence_defaults_yaml_cli(tmp_path):
+    cfg_file = tmp_path / "recipe.yaml"
+    cfg_file.write_text("model: resnet34\nlr: 0.01\nepochs: 7\nhead: [512, 256]\nbalanced_sampler: true\n")
+    cfg = _resolve(["data", "--config", str(cfg_file), "--lr", "0.5", "--no-balanced-sampler"])
+    assert cfg.lr == 0.5  # flag beats YAML
+    assert cfg.balanced_sampler is False  # an explicit --no-... beats YAML too
+    assert cfg.model == "resnet34" and cfg.epochs == 7 and cfg.head == [512, 256]  # YAML beats defaults
+    assert cfg.batch_size == TrainConfig().batch_size  # untouched default
+    assert cfg.data == "data"
+
+
+def test_flag_not_given_keeps_yaml_value(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("batch-size: 16\nopt: sgd\n")  # dashes accepted as in flags
+    cfg = _resolve(["--config", str(cfg_file), "--head", "128,64"])
+    assert cfg.batch_size == 16 and cfg.opt == "sgd" and cfg.head == [128, 64]
+
+
+def test_unknown_yaml_key_names_closest(tmp_path):
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text("learning_rate: 0.1\nepoch: 3\n")
+    with pytest.raises(ResnetlabError) as err:
+        TrainConfig.from_yaml(cfg_file)
+    msg = str(err.value)
+    assert "\n" not in msg and "bad.yaml" in msg and "'learning_rate'" in msg
+
+
+def test_typo_suggestion():
+    with pytest.raises(ResnetlabError, match="did you mean epochs"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [({"epochs": "many"}, "epochs expects int"), ({"opt": "lamb"}, "opt 'lamb'"), ({"batch_size": 0}, "batch_size")],
+)
+def test_bad_values(values, needle):
+    with pytest.raises(ResnetlabError, match=needle):
+        TrainConfig.from_dict(values)
+
+
+def test_bad_yaml_syntax(tmp_path):
+    cfg_file = tmp_path / "broken.yaml"
+    cfg_file.write_text("lr: [0.1\n")
+    with pytest.raises(ResnetlabError, match="not valid YAML"):
+        TrainConfig.from_yaml(cfg_file)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = TrainConfig.from_dict({"data": "x", "head": "512,256", "lr": 3e-3, "channels_last": False})
+    cfg.to_yaml(tmp_path / "config.yaml")
+    assert TrainConfig.from_yaml(tmp_path / "config.yaml") == cfg
+
+
+def test_auto_lr_scales_with_batch():
+    assert TrainConfig(opt="sgd", batch_size=128).resolved_lr() == pytest.approx(0.2)
+    assert TrainConfig(opt="adamw", batch_size=256).resolved_lr() == pytest.approx(4e-3)
+    assert TrainConfig(lr=0.3).resolved_lr() == 0.3
