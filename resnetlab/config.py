@@ -48,7 +48,9 @@ class TrainConfig:
     data: str | None = _f(None, "image folder with one sub-folder per class")
     val_fraction: float = _f(0.2, "fraction of each class held out for validation (ignored with --val-dir)")
     val_dir: str | None = _f(None, "separate validation folder with the same class sub-folders")
-    img_size: int | None = _f(None, "training and evaluation resolution (default: the model's, e.g. 224)")
+    img_size: int | None = _f(
+        None, "training and evaluation resolution; None means the model's own (224 for ImageNet models)"
+    )
     augment: str = _f(
         "default",
         "train augmentation: none, light (mild crop, flip), default (crop, flip), strong (+TrivialAugment), "

@@ -249,4 +249,9 @@ def load(
     from resnetlab.engine.checkpoint import load_checkpoint, resolve_checkpoint_path
 
     ckpt_path = resolve_checkpoint_path(path)
+    if ckpt_path.suffix.lower() == ".th":
+        # akamaster's CIFAR-10 ResNet files ({'state_dict', 'best_prec1'}): converted on the fly.
+        from resnetlab.data.cifar10 import cifar_weights_checkpoint
+
+        return Classifier.from_checkpoint(cifar_weights_checkpoint(ckpt_path), device=device, amp=amp, source=ckpt_path)
     return Classifier.from_checkpoint(load_checkpoint(ckpt_path), device=device, amp=amp, source=ckpt_path)

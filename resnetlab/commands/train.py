@@ -80,9 +80,31 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         if not saved.is_file():
             raise ResnetlabError(f"--resume {explicit['resume']}: no config.yaml there; is it a resnetlab run folder?")
         cfg = cfg.merge(load_yaml(saved), source=str(saved))
-    if getattr(args, "config", None):
-        cfg = cfg.merge(load_yaml(args.config), source=args.config)
-    return cfg.merge(explicit, source="command line")
+    yaml_values = load_yaml(args.config) if getattr(args, "config", None) else {}
+    if yaml_values:
+        cfg = cfg.merge(yaml_values, source=args.config)
+    cfg = cfg.merge(explicit, source="command line")
+    return _apply_recipe(cfg, yaml_values, explicit, resumed=bool(explicit.get("resume")))
+
+
+def _apply_recipe(cfg: TrainConfig, yaml_values: dict, explicit: dict, resumed: bool) -> TrainConfig:
+    """A named dataset (`cifar10`) becomes its image folder; a CIFAR ResNet on it gets the paper's recipe.
+
+    The recipe sits between the defaults and the YAML file: anything the user wrote still wins.
+    """
+    from resnetlab.data.cifar10 import dataset_name, resolve_data_root
+    from resnetlab.recipes import DATASET_DEFAULTS, recipe_for, recipe_overrides
+
+    name = dataset_name(cfg.data)
+    if name is None:
+        return cfg
+    recipe = recipe_for(cfg.data, cfg.model)
+    if recipe and not resumed:
+        layered = TrainConfig().merge({**recipe_overrides(recipe), **DATASET_DEFAULTS.get(name, {})}, source=recipe)
+        if yaml_values:
+            layered = layered.merge(yaml_values, source="config")
+        cfg = layered.merge(explicit, source="command line")
+    return dataclasses.replace(cfg, data=str(resolve_data_root(cfg.data)))
 
 
 def run(args: argparse.Namespace) -> int:
