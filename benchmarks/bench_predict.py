@@ -20,26 +20,12 @@ import time
 from pathlib import Path
 
 import torch
+from _common import CLASSES, trashnet_sample
 from PIL import Image
 from torchvision import transforms
 
 from resnetlab.models import create_model
-from resnetlab.paths import shared_path
 from resnetlab.predict import Classifier
-
-CLASSES = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
-
-
-def collect(limit: int) -> list[Path]:
-    """`limit` photos taken round-robin over the classes (sorted file names): a mixed folder, same files every run."""
-    root = shared_path("datasets", "trashnet")
-    per_class = [sorted((root / name).glob("*.jpg")) for name in CLASSES]
-    if not any(per_class):
-        raise SystemExit(f"no TrashNet photos under {root}; see ../shared/README.md")
-    paths: list[Path] = []
-    for i in range(max(len(c) for c in per_class)):
-        paths += [c[i] for c in per_class if i < len(c)]
-    return paths[:limit]
 
 
 def tutorial_loop(model: torch.nn.Module, paths: list[Path], cfg: dict) -> list[int]:
@@ -76,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    paths = collect(args.limit)
+    paths = trashnet_sample(args.limit)
     model = create_model(args.model, num_classes=len(CLASSES)).eval()
     baseline_model = copy.deepcopy(model)  # the Classifier converts its model to channels_last in place
     clf = Classifier(model, CLASSES)

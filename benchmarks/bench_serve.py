@@ -26,22 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-
-from resnetlab.paths import shared_path
-
-CLASSES = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
-
-
-def collect(limit: int) -> list[Path]:
-    """`limit` photos taken round-robin over the classes (sorted file names): the same files every run."""
-    root = shared_path("datasets", "trashnet")
-    per_class = [sorted((root / name).glob("*.jpg")) for name in CLASSES]
-    if not any(per_class):
-        raise SystemExit(f"no TrashNet photos under {root}; see ../shared/README.md")
-    paths: list[Path] = []
-    for i in range(max(len(c) for c in per_class)):
-        paths += [c[i] for c in per_class if i < len(c)]
-    return paths[:limit]
+from _common import CLASSES, trashnet_sample
 
 
 def make_checkpoint(folder: Path, arch: str) -> Path:
@@ -137,7 +122,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
 
-    paths = collect(args.limit)
+    paths = trashnet_sample(args.limit)
     payloads = [(p.name, p.read_bytes()) for p in paths]
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else make_checkpoint(Path(tmp), args.arch)

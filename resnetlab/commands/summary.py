@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="NAME", help="model name, see `resnetlab models`")
     p.add_argument("--img-size", type=int, default=None, help="input height and width (default: the model's own)")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's, 1000 or 10)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's own)")
     p.add_argument("--in-chans", type=int, default=3, help="input channels (default: 3)")
     p.add_argument("--depth", type=int, default=2, help="nesting depth of the table (1: top level; default: 2)")
     p.set_defaults(func=run)

@@ -91,21 +91,13 @@ def _dataset(samples: list, transform: Callable, cache: str) -> Any:
 
 def train_transform(augment: str, default_cfg: dict, size: int, eval_tf: Callable) -> Callable:
     """The training transform for an `--augment` preset ("none" reuses the deterministic eval transform)."""
-    from resnetlab.data.transforms import build_transform
+    from resnetlab.data.transforms import train_transform_from_cfg
 
     if augment == "cifar":
         return cifar_transform(size, default_cfg["mean"], default_cfg["std"])
     if AUGMENT[augment] is None:
         return eval_tf
-    return build_transform(
-        "train",
-        size,
-        default_cfg["mean"],
-        default_cfg["std"],
-        crop_pct=default_cfg.get("crop_pct", 0.875),
-        interpolation=default_cfg.get("interpolation", "bilinear"),
-        **AUGMENT[augment],
-    )
+    return train_transform_from_cfg(default_cfg, size, **AUGMENT[augment])
 
 
 def cifar_transform(size: int, mean: Any, std: Any) -> Callable:

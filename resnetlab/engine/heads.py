@@ -10,8 +10,10 @@ from torch import nn
 def build_head(in_features: int, num_classes: int, hidden: Sequence[int] = (), dropout: float = 0.0) -> nn.Module:
     """`Linear` when `hidden` is empty, else Linear-BN-ReLU-Dropout blocks ending in a Linear."""
     if not hidden:
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes)) if dropout else nn.Linear(
-            in_features, num_classes
+        return (
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+            if dropout
+            else nn.Linear(in_features, num_classes)
         )
     layers: list[nn.Module] = []
     width = in_features
