@@ -51,6 +51,7 @@ class TrainConfig:
     img_size: int | None = _f(
         None, "training and evaluation resolution; None means the model's own (224 for ImageNet models)"
     )
+    keep_aspect: bool = _f(True, "evaluate whole photos at their common aspect ratio instead of a square centre crop")
     augment: str = _f(
         "default",
         "train augmentation: none, light (mild crop, flip), default (crop, flip), strong (+TrivialAugment), "

@@ -31,6 +31,18 @@ def _step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
+def _one_val_image_per_class(run_dir: Path) -> list[str]:
+    """The first validation image of each class: photos the model did not train on."""
+    from resnetlab.data.folder import DatasetSplits
+    from resnetlab.engine.checkpoint import load_checkpoint
+
+    splits = DatasetSplits.from_record(load_checkpoint(run_dir)["data"])
+    first: dict[int, str] = {}
+    for path, label in splits.val:
+        first.setdefault(label, str(path))
+    return [first[k] for k in sorted(first)]
+
+
 def run(args: argparse.Namespace) -> int:
     import shutil
 
@@ -63,11 +75,9 @@ def run(args: argparse.Namespace) -> int:
     if code != 0:
         return code
 
-    examples = [
-        str(next(p for p in sorted(d.iterdir()) if p.is_file())) for d in sorted(args.data.iterdir()) if d.is_dir()
-    ]
-    _step(f"4/4 predict one image per class: resnetlab predict {out} ...")
-    main(["predict", out, *examples[:6], "--topk", "3", "--grid", f"{out}/predictions.png"])
+    examples = _one_val_image_per_class(Path(out))
+    _step(f"4/4 predict one held-out image per class: resnetlab predict {out} ...")
+    main(["predict", out, *examples, "--topk", "3", "--grid", f"{out}/predictions.png"])
 
     _step("done")
     print(f"finished in {time.perf_counter() - started:.0f} s; files:")

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,32 @@ AUGMENT: dict[str, dict[str, Any] | None] = {
 # ---------------------------------------------------------------------------------------------- model
 
 
-def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool = True) -> tuple[nn.Module, dict | None]:
-    """The model with the requested head; its default_cfg records the image size actually used."""
+def eval_shape(sizes: Iterable[tuple[int, int]], short: int) -> tuple[int, int] | None:
+    """(H, W) with `short` as the shorter side and the images' common aspect ratio; None for square or mixed sets.
+
+    Evaluating on the whole photo at its own aspect ratio instead of a square centre crop keeps the objects'
+    edges in view: on TrashNet (4:3) it measured +3.7 points of val accuracy for the same weights
+    (benchmarks/RESULTS.md). Only used when at least 80% of the images share the median ratio within 10%.
+    """
+    ratios = sorted(w / h for w, h in sizes if w and h)
+    if not ratios:
+        return None
+    median = ratios[len(ratios) // 2]
+    consistent = sum(abs(r / median - 1) < 0.1 for r in ratios) / len(ratios)
+    if abs(median - 1) < 0.1 or consistent < 0.8:
+        return None
+    long = int(round(short * max(median, 1 / median) / 8) * 8)
+    return (short, long) if median > 1 else (long, short)
+
+
+def build_model(
+    cfg: TrainConfig, num_classes: int, pretrained: bool = True, sizes: Iterable[tuple[int, int]] = ()
+) -> tuple[nn.Module, dict | None]:
+    """The model with the requested head; its default_cfg records the preprocessing actually used.
+
+    Training crops are square (`img_size`); with `keep_aspect` and photos of one common aspect ratio, evaluation
+    (and so predict, export and serve) resizes the whole photo to `img_size` x `img_size * ratio` without cropping.
+    """
     from resnetlab.engine.heads import replace_head
     from resnetlab.models import create_model
 
@@ -57,6 +81,9 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: bool = True) -> 
     c, h, w = model.default_cfg["input_size"]
     size = (cfg.img_size, cfg.img_size) if cfg.img_size else (h, w)
     model.default_cfg = {**model.default_cfg, "input_size": (c, *size)}
+    shape = eval_shape(sizes, min(size)) if cfg.keep_aspect else None
+    if shape:
+        model.default_cfg = {**model.default_cfg, "input_size": (c, *shape), "crop_pct": 1.0}
     return model, head
 
 
@@ -150,8 +177,8 @@ def build_data(
 
     if splits is None:
         splits = make_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir)
-    size = default_cfg["input_size"][-1]
-    eval_tf = eval_transform_from_cfg(default_cfg, size)
+    size = min(default_cfg["input_size"][-2:])  # training crops are square; eval may keep the aspect ratio
+    eval_tf = eval_transform_from_cfg(default_cfg)
     train_tf = train_transform(cfg.augment, default_cfg, size, eval_tf)
     batch = ddp.per_rank_batch(cfg.batch_size, info)
     labels = [label for _, label in splits.train]
@@ -239,6 +266,11 @@ def uses_feature_cache(cfg: TrainConfig, info: ddp.DistInfo) -> bool:
 # ---------------------------------------------------------------------------------------------- run folder
 
 
+def _px(default_cfg: dict) -> str:
+    h, w = default_cfg["input_size"][-2:]
+    return f"{min(h, w)} px" if h == w else f"{min(h, w)} px (eval {h}x{w}, whole image)"
+
+
 def make_run_dir(cfg: TrainConfig) -> Path:
     """`--out`, or runs/<data>-<model>, numbered -2, -3, ... when taken (as Ultralytics does)."""
     if cfg.out:
@@ -321,7 +353,8 @@ class Trainer:
             log(f"warning: --mode {cfg.mode} without --pretrained freezes a random backbone; use --mode finetune")
         seed_everything(cfg.seed)
         self.splits = make_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir)
-        model, self.head_spec = build_model(cfg, self.splits.num_classes, pretrained=ckpt is None)
+        train_sizes = [self.splits.sizes[p] for p, _ in self.splits.train if p in self.splits.sizes]
+        model, self.head_spec = build_model(cfg, self.splits.num_classes, pretrained=ckpt is None, sizes=train_sizes)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
         self.model = self.precision.prepare_model(model)
@@ -367,7 +400,7 @@ class Trainer:
             self.writer = _summary_writer(self.run_dir)
         log(
             f"train {cfg.model}: {self.splits.num_classes} classes, {len(self.splits.train)} train / "
-            f"{len(self.splits.val)} val images, {model.default_cfg['input_size'][-1]} px, "
+            f"{len(self.splits.val)} val images, {_px(model.default_cfg)}, "
             f"{self.precision.describe()}, "
             f"batch {cfg.batch_size}{f' on {info.world_size} processes' if info.enabled else ''}, "
             f"{cfg.opt} lr {self.lr:.2e} {cfg.sched}, mode {cfg.mode}{' (cached features)' if self.cached else ''} "
