@@ -14,7 +14,7 @@ from resnetlab.paths import REPO_ROOT
 
 DEMO_DATA = REPO_ROOT / "demo" / "trashnet-mini"
 # Chosen by measurement (benchmarks/RESULTS.md): fits the 5-minute budget on a 2-core CPU.
-DEMO_RECIPE = {"model": "resnet18", "img_size": 64, "epochs": 12, "batch_size": 64}
+DEMO_RECIPE = {"model": "resnet18", "img_size": 96, "epochs": 20}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
