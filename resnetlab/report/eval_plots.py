@@ -16,17 +16,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from resnetlab.report.fonts import configure_fonts
+
 THUMB_PX = 160  # thumbnails are shrunk to this before plotting: small PNGs, fast drawing
 
 
 def _configure_fonts(names: Sequence[str]) -> None:
-    """Pick a font that can draw every class name (CJK included), via the data layer's font helper when present."""
-    try:
-        from resnetlab.report.fonts import configure_fonts
-    except ModuleNotFoundError as exc:
-        if exc.name != "resnetlab.report.fonts":
-            raise
-        return
+    """Pick a font that can draw every class name (CJK included)."""
     configure_fonts(list(names))
 
 

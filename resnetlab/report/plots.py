@@ -14,15 +14,11 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from resnetlab.report.fonts import configure_fonts
+
 
 def _configure_fonts(names: Sequence[str]) -> None:
-    # The font helper is optional (it belongs to another module); without it matplotlib's default font is used.
-    try:
-        from resnetlab.report.fonts import configure_fonts
-    except ModuleNotFoundError as exc:
-        if exc.name != "resnetlab.report.fonts":
-            raise
-        return
+    """Pick a font that can draw every class name (CJK included)."""
     configure_fonts(list(names))
 
 
