@@ -2,9 +2,11 @@
 
     (a) torchvision ImageFolder + PIL + Resize(256)/CenterCrop(224) (or RandomResizedCrop(224) + flip with
         --train), ToTensor, Normalize; num_workers=0, as in the tutorials
-    (b) resnetlab ImageDataset(cache="ram") + build_loader, first epoch: decodes and fills the cache (includes the
-        header scan and cache layout)
+    (b) resnetlab ImageDataset(cache="ram") + build_loader + DeviceLoader, first epoch: decodes and fills the cache
+        (includes the header scan and cache layout)
     (c) the same loader, second epoch: pixels come from the cache
+    Every path yields what a model consumes: normalised float32 batches (B, 3, 224, 224); ours are uint8 until a
+    single per-batch BatchNormalize, and channels_last.
 
 Usage: .venv/bin/python benchmarks/bench_data.py [--limit N] [--batch-size 64] [--train] [--workers N]
 """
@@ -24,8 +26,8 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from resnetlab.data.folder import make_splits
-from resnetlab.data.loader import ImageDataset, build_loader
-from resnetlab.data.transforms import build_transform
+from resnetlab.data.loader import DeviceLoader, ImageDataset, build_loader
+from resnetlab.data.transforms import BatchNormalize, build_transform
 from resnetlab.paths import shared_path
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -45,6 +47,7 @@ def cpu_name() -> str:
 def timed_pass(loader) -> tuple[int, float]:
     start, n = time.perf_counter(), 0
     for images, _labels in loader:
+        assert images.dtype == torch.float32, images.dtype  # model-ready, as the baseline's
         n += images.shape[0]
     return n, time.perf_counter() - start
 
@@ -64,9 +67,11 @@ def ours(root: Path, limit: int | None, batch_size: int, train: bool, workers: i
     samples = splits.train
     if limit:
         samples = samples[:: max(1, len(samples) // limit)][:limit]
-    transform = build_transform("train" if train else "eval", 224, MEAN, STD)
+    transform = build_transform("train" if train else "eval", 224, MEAN, STD, normalize=False)
     dataset = ImageDataset(samples, transform, cache="ram")
-    loader = build_loader(dataset, batch_size, shuffle=train, num_workers=workers)
+    loader = DeviceLoader(
+        build_loader(dataset, batch_size, shuffle=train, num_workers=workers), BatchNormalize(MEAN, STD)
+    )
     setup = time.perf_counter() - start
     n, cold = timed_pass(loader)
     n_warm, warm = timed_pass(loader)

@@ -96,8 +96,8 @@ class OnnxClassifier(Classifier):
         return f"OnnxClassifier({self.arch}, {len(self.classes)} classes, onnxruntime {provider} fp32)"
 
     def predict_logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised images (B, C, H, W) -> logits (B, K), float32 on the CPU."""
-        return self.model(batch).float()
+        """Images (B, C, H, W), normalised floats or uint8 pixels -> logits (B, K), float32 on the CPU."""
+        return self.model(self.normalize(batch).contiguous()).float()
 
 
 def load_onnx(path: str | os.PathLike, providers: Sequence[str] | None = None) -> OnnxClassifier:

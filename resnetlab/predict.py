@@ -79,13 +79,16 @@ class Classifier:
         img_size: int | None = None,
         source: str | os.PathLike | None = None,
     ) -> None:
-        from resnetlab.data.transforms import eval_transform_from_cfg
+        from resnetlab.data.transforms import BatchNormalize, eval_transform_from_cfg
 
         self.precision = precision or resolve_precision()
         self.model = self.precision.prepare_model(model.eval())
         self.classes = list(classes)
         self.default_cfg = dict(default_cfg if default_cfg is not None else model.default_cfg)
         self.transform = eval_transform_from_cfg(self.default_cfg, img_size=img_size)
+        # Batches are built from uint8 pixels and normalised once per batch (several times cheaper than per image).
+        self.pixel_transform = eval_transform_from_cfg(self.default_cfg, img_size=img_size, normalize=False)
+        self.normalize = BatchNormalize(self.transform.mean, self.transform.std)
         self.source = Path(source) if source is not None else None
         self.draft_size = getattr(self.transform, "decode_size", None) or resize_short_side(self.default_cfg, img_size)
         # Decoding runs in threads (PIL and torch release the GIL) while the model works on the previous batch.
@@ -114,9 +117,10 @@ class Classifier:
     # -- tensors in, scores out ------------------------------------------------------------------------------------
 
     def predict_logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised images (B, C, H, W) -> logits (B, K), float32 on the CPU."""
+        """Images (B, C, H, W), normalised floats or uint8 pixels -> logits (B, K), float32 on the CPU."""
         with inference_mode(self.precision):
-            logits = self.model(self.precision.prepare_batch(batch))
+            x = self.normalize(batch.to(self.precision.device))  # uint8 -> normalised float32; floats pass through
+            logits = self.model(self.precision.prepare_batch(x))
         return logits.float().cpu()
 
     def predict_scores(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
@@ -131,12 +135,16 @@ class Classifier:
 
     def preprocess(self, item: ImageInput) -> torch.Tensor:
         """One image (path or PIL) -> normalised (C, H, W) tensor, decoded exactly as `predict` does."""
-        return self.transform(_open(item, self.draft_size))
+        return self.normalize(self.pixels(item)[None])[0]
+
+    def pixels(self, item: ImageInput) -> torch.Tensor:
+        """One image (path or PIL) -> the uint8 (C, H, W) tensor the model sees before normalisation."""
+        return self.pixel_transform(_open(item, self.draft_size))
 
     def iter_batches(
         self, items: Sequence[ImageInput], batch_size: int = 32
     ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
-        """Yield `(indices, images (B, C, H, W) or None, failures [(index, reason)])`, one batch of inputs at a time.
+        """Yield `(indices, uint8 images (B, C, H, W) or None, failures [(index, reason)])`, one batch at a time.
 
         The next batch is decoded in threads while the caller runs the model on this one; memory stays bounded
         to two batches whatever the number of inputs.
@@ -148,7 +156,7 @@ class Classifier:
             pending: list[tuple[int, Future]] | None = None
             for start in starts:
                 stop = min(start + batch_size, len(items))
-                submitted = [(i, pool.submit(self.preprocess, items[i])) for i in range(start, stop)]
+                submitted = [(i, pool.submit(self.pixels, items[i])) for i in range(start, stop)]
                 if pending is not None:
                     yield self._collect(pending)
                 pending = submitted
@@ -164,7 +172,11 @@ class Classifier:
                 indices.append(i)
             except Exception as exc:  # one unreadable file must not stop the others
                 failures.append((i, _failure_reason(exc)))
-        return indices, (torch.stack(tensors) if tensors else None), failures
+        if not tensors:
+            return indices, None, failures
+        # Stacked (B, H, W, C): channels_last pixels, no transposing copy (see `collate_uint8`).
+        batch = torch.stack([t.permute(1, 2, 0) for t in tensors]).permute(0, 3, 1, 2)
+        return indices, batch, failures
 
     def scores_for(
         self, items: Sequence[ImageInput], batch_size: int = 32, tta: bool = False

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from resnetlab.data.images import ImageError, open_image, probe_image
 from resnetlab.errors import ResnetlabError
@@ -250,6 +250,57 @@ def auto_num_workers(dataset: Dataset) -> int:
     return default_workers()
 
 
+def collate_uint8(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(uint8 image (C, H, W), label)] -> (uint8 (B, C, H, W) laid out channels_last, labels (B,)).
+
+    Stacking in (H, W, C) order keeps the cache's pixel order (no transposing copy) and gives the model its
+    channels_last layout for free. In a worker the batch is built straight into shared memory, as `default_collate`
+    does, so it reaches the main process without another copy. Float images fall back to `default_collate`.
+    """
+    images, labels = zip(*batch)
+    if images[0].dtype != torch.uint8:
+        return default_collate(batch)
+    c, h, w = images[0].shape
+    out = torch.empty((len(images), h, w, c), dtype=torch.uint8)
+    if get_worker_info() is not None:
+        out.share_memory_()
+    torch.stack([image.permute(1, 2, 0) for image in images], out=out)  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2), torch.tensor(labels)  # (B, C, H, W) view
+
+
+class DeviceLoader:
+    """A DataLoader whose batches arrive on `device`, normalised from uint8 there, in `memory_format`.
+
+    The loader's workers only crop and stack uint8 pixels; the float work happens once per batch (timm's
+    PrefetchLoader does the same on GPUs). Other attributes (`dataset`, `sampler`, `generator`, `batch_size`, ...)
+    are the wrapped loader's.
+    """
+
+    def __init__(
+        self,
+        loader: DataLoader,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device | str = "cpu",
+        memory_format: torch.memory_format = torch.channels_last,
+    ) -> None:
+        self.loader, self.normalize = loader, normalize
+        self.device, self.memory_format = torch.device(device), memory_format
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):
+        if name == "loader":  # not set yet (copy/unpickle): avoid recursing
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        non_blocking = self.device.type == "cuda"
+        for images, labels in self.loader:
+            images = self.normalize(images.to(self.device, non_blocking=non_blocking))  # (B, C, H, W) float32
+            yield images.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=non_blocking)
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -261,7 +312,11 @@ def build_loader(
     device_type: str = "cpu",
     collate_fn: Callable | None = None,
 ) -> DataLoader:
-    """A DataLoader with sensible defaults: auto workers, persistent workers, pinned memory on CUDA, seeded order."""
+    """A DataLoader with sensible defaults: auto workers, persistent workers, pinned memory on CUDA, seeded order.
+
+    uint8 images are stacked channels_last by `collate_uint8` (the default here); wrap the loader in
+    `DeviceLoader` with a `BatchNormalize` to get model-ready batches.
+    """
     if num_workers is None:
         num_workers = auto_num_workers(dataset)
     cache = getattr(dataset, "cache", None)
@@ -277,7 +332,7 @@ def build_loader(
         sampler=sampler,
         num_workers=num_workers,
         drop_last=drop_last,
-        collate_fn=collate_fn,
+        collate_fn=collate_fn or collate_uint8,
         pin_memory=device_type == "cuda",
         persistent_workers=num_workers > 0,
         worker_init_fn=_seed_worker if num_workers > 0 else None,

@@ -93,8 +93,8 @@ def build_model(
 @dataclass
 class RunData:
     splits: Any  # resnetlab.data.folder.DatasetSplits
-    train_loader: DataLoader
-    val_loader: DataLoader | None
+    train_loader: Any  # DeviceLoader over images, or a DataLoader over cached features
+    val_loader: Any
     sampler: Any
     generators: dict[str, torch.Generator]
     class_counts: list[int]
@@ -117,18 +117,18 @@ def _dataset(samples: list, transform: Callable, cache: str) -> Any:
 
 
 def train_transform(augment: str, default_cfg: dict, size: int, eval_tf: Callable) -> Callable:
-    """The training transform for an `--augment` preset ("none" reuses the deterministic eval transform)."""
+    """The training transform (uint8 output) for an `--augment` preset ("none" reuses the deterministic eval one)."""
     from resnetlab.data.transforms import train_transform_from_cfg
 
     if augment == "cifar":
         return cifar_transform(size, default_cfg["mean"], default_cfg["std"])
     if AUGMENT[augment] is None:
         return eval_tf
-    return train_transform_from_cfg(default_cfg, size, **AUGMENT[augment])
+    return train_transform_from_cfg(default_cfg, size, normalize=False, **AUGMENT[augment])
 
 
 def cifar_transform(size: int, mean: Any, std: Any) -> Callable:
-    """He et al. 2015 (section 4.2): resize to `size`, pad 4 pixels, random `size` crop, horizontal flip."""
+    """He et al. 2015 (section 4.2): resize to `size`, pad 4 pixels, random `size` crop, horizontal flip (uint8)."""
     from torchvision.transforms import v2
 
     tf = v2.Compose(
@@ -136,13 +136,12 @@ def cifar_transform(size: int, mean: Any, std: Any) -> Callable:
             v2.ToImage(),
             v2.Resize(size, antialias=True),
             v2.CenterCrop(size),
-            v2.RandomCrop(size, padding=4),
+            v2.RandomCrop(size, padding=4, fill=[round(255 * m) for m in mean]),
             v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(mean), std=list(std)),
         ]
     )
     tf.decode_size = size  # what the RAM cache stores
+    tf.mean, tf.std = tuple(mean), tuple(std)
     return tf
 
 
@@ -172,14 +171,20 @@ def build_data(
     cfg: TrainConfig, default_cfg: dict, info: ddp.DistInfo, precision: Precision, splits: Any = None
 ) -> RunData:
     from resnetlab.data.folder import make_splits
-    from resnetlab.data.loader import build_loader
-    from resnetlab.data.transforms import eval_transform_from_cfg
+    from resnetlab.data.loader import DeviceLoader, build_loader
+    from resnetlab.data.transforms import BatchNormalize, eval_transform_from_cfg
 
     if splits is None:
         splits = make_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir)
     size = min(default_cfg["input_size"][-2:])  # training crops are square; eval may keep the aspect ratio
-    eval_tf = eval_transform_from_cfg(default_cfg)
+    # Transforms stop at uint8; each batch is normalised once, on the training device (BatchNormalize).
+    eval_tf = eval_transform_from_cfg(default_cfg, normalize=False)
     train_tf = train_transform(cfg.augment, default_cfg, size, eval_tf)
+    normalize = BatchNormalize(default_cfg["mean"], default_cfg["std"])
+
+    def on_device(loader: DataLoader) -> DeviceLoader:
+        return DeviceLoader(loader, normalize, precision.device, precision.memory_format)
+
     batch = ddp.per_rank_batch(cfg.batch_size, info)
     labels = [label for _, label in splits.train]
     sampler, generators = train_sampler(labels, cfg, info)
@@ -196,12 +201,15 @@ def build_data(
         device_type=device_type,
     )
     generators = {**generators, "loader": train_loader.generator}
+    train_loader = on_device(train_loader)
     val_loader = None
     if splits.val:
         val_set = _dataset(splits.val, eval_tf, cfg.cache)
         val_sampler = ddp.ShardSampler(len(val_set), info) if info.enabled else None
-        val_loader = build_loader(
-            val_set, batch, shuffle=False, num_workers=cfg.workers, sampler=val_sampler, device_type=device_type
+        val_loader = on_device(
+            build_loader(
+                val_set, batch, shuffle=False, num_workers=cfg.workers, sampler=val_sampler, device_type=device_type
+            )
         )
     counts = torch.bincount(torch.tensor(labels), minlength=len(splits.classes)).tolist()
     return RunData(splits, train_loader, val_loader, sampler, generators, counts)
@@ -224,10 +232,12 @@ def extract_features(model: nn.Module, loader: DataLoader, precision: Precision)
 
 def feature_data(model: nn.Module, data: RunData, cfg: TrainConfig, precision: Precision) -> RunData:
     """Swap image loaders for loaders over cached features (same sampler, so the same order and batches)."""
-    from resnetlab.data.loader import build_loader
+    from resnetlab.data.loader import DeviceLoader, build_loader
 
-    def plain(loader: DataLoader) -> DataLoader:
-        return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers)
+    def plain(loader: DeviceLoader) -> DeviceLoader:
+        """The same images in dataset order (the sampler draws from the cached features later)."""
+        ordered = build_loader(loader.dataset, loader.batch_size, shuffle=False, num_workers=loader.num_workers)
+        return DeviceLoader(ordered, loader.normalize, loader.device, loader.memory_format)
 
     train_feats = extract_features(model, plain(data.train_loader), precision)
     train_loader = build_loader(

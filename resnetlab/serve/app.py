@@ -303,7 +303,8 @@ def create_app(
     started = time.time()
 
     def preprocess(data: bytes) -> torch.Tensor:
-        return clf.transform(decode_image(data, max_pixels, draft_size))  # (C, H, W)
+        # uint8 (C, H, W): the batch is normalised once in `predict_logits`.
+        return clf.pixel_transform(decode_image(data, max_pixels, draft_size))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

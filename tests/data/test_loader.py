@@ -98,3 +98,24 @@ def test_loader_seeded_order(tmp_path, samples_of):
     assert order(3) == order(3)
     loader = build_loader(ds, 2, shuffle=False, num_workers=1, device_type="cpu")
     assert loader.persistent_workers and not loader.pin_memory
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_uint8_batches_arrive_normalised_and_channels_last(samples_of, workers):
+    from resnetlab.data.loader import DeviceLoader
+    from resnetlab.data.transforms import BatchNormalize
+
+    samples = samples_of(6)
+    floats = ImageDataset(samples, build_transform("eval", 32, MEAN, STD))
+    raw = ImageDataset(samples, build_transform("eval", 32, MEAN, STD, normalize=False), cache="ram")
+    loader = build_loader(raw, batch_size=4, shuffle=False, num_workers=workers)
+    images, labels = next(iter(loader))
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
+    assert images.is_contiguous(memory_format=torch.channels_last)  # stacked (B, H, W, C): no transposing copy
+    device_loader = DeviceLoader(loader, BatchNormalize(MEAN, STD))
+    assert len(device_loader) == 2 and device_loader.dataset is raw  # the wrapped loader's attributes
+    got = torch.cat([x for x, _ in device_loader])
+    assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
+    want = torch.stack([floats[i][0] for i in range(6)])
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.cat([y for _, y in device_loader]).tolist() == [label for _, label in samples]
