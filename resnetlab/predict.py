@@ -80,6 +80,9 @@ class Classifier:
         source: str | os.PathLike | None = None,
     ) -> None:
         from resnetlab.data.transforms import BatchNormalize, eval_transform_from_cfg
+        from resnetlab.engine.allocator import keep_freed_memory
+
+        keep_freed_memory()  # batches and activations reuse heap memory instead of fresh page-faulted mappings
 
         self.precision = precision or resolve_precision()
         self.model = self.precision.prepare_model(model.eval())

@@ -4,7 +4,8 @@ Both accept a PIL image or a uint8 tensor (C, H, W) (the RAM cache stores those)
 tensor (C, H, W), or with `normalize=False` the uint8 tensor: loaders then normalise whole batches at once with
 `BatchNormalize` (on the training device), which is several times cheaper than per image on a CPU. Each preset
 carries `decode_size`: the short side it first resizes to, which the loader uses for reduced-size JPEG decoding and
-for the size of cached images, and `mean` / `std`.
+for the size of cached images, and `mean` / `std`. The uint8 eval preset is deterministic and says so with
+`cache_output` (its output (H, W)): the RAM cache then stores its output rather than the decoded image.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def _eval(
     ops = [v2.Resize(resize, interpolation=interp), v2.CenterCrop(size), *_tail(mean, std, normalize)]
     transform = v2.Compose(ops)
     transform.decode_size = resize if isinstance(resize, int) else max(resize)
+    # Deterministic with uint8 output: a RAM cache can keep the output itself, (H, W) = `size`, so warm epochs skip
+    # the transform and only gather pixels.
+    transform.cache_output = None if normalize else size
     return transform
 
 

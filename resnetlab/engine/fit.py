@@ -112,7 +112,7 @@ def _dataset(samples: list, transform: Callable, cache: str) -> Any:
         if cache == "ram":
             raise
         return ImageDataset(samples, transform)
-    dataset.warm_cache()  # decode once with threads; later epochs read pixels only and need no workers
+    dataset.warm_cache()  # decode once, in parallel; later epochs read pixels only
     return dataset
 
 

@@ -18,12 +18,15 @@ from resnetlab.errors import ResnetlabError
 # ---------------------------------------------------------------------------------------------- optimizers
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "sgd": lambda groups, lr, momentum, nesterov: torch.optim.SGD(
-        groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0
+    "sgd": lambda groups, lr, momentum, nesterov, fused: torch.optim.SGD(
+        groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, fused=fused
     ),
-    "adam": lambda groups, lr, momentum, nesterov: torch.optim.Adam(groups, lr=lr),
-    "adamw": lambda groups, lr, momentum, nesterov: torch.optim.AdamW(groups, lr=lr),
+    "adam": lambda groups, lr, momentum, nesterov, fused: torch.optim.Adam(groups, lr=lr, fused=fused),
+    "adamw": lambda groups, lr, momentum, nesterov, fused: torch.optim.AdamW(groups, lr=lr, fused=fused),
 }
+# Fused kernels update every parameter in one pass: measured for ResNet-50's 25.6M parameters on this 2-core CPU,
+# AdamW's step takes 16.7 ms fused against 71.9 ms with the default foreach loop (benchmarks/RESULTS.md).
+FUSED_DEVICES = ("cpu", "cuda")
 
 
 def param_groups(
@@ -54,7 +57,12 @@ def build_optimizer(
         raise ResnetlabError(f"--opt {name!r}: choose one of {', '.join(OPTIMIZERS)}")
     if not groups:
         raise ResnetlabError("nothing to train: every parameter is frozen")
-    return OPTIMIZERS[name](groups, lr, momentum, nesterov)
+    params = [p for g in groups for p in g["params"]]
+    fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params) or None
+    try:
+        return OPTIMIZERS[name](groups, lr, momentum, nesterov, fused)
+    except (RuntimeError, ValueError):  # an older torch or a device/dtype without a fused kernel
+        return OPTIMIZERS[name](groups, lr, momentum, nesterov, None)
 
 
 # ---------------------------------------------------------------------------------------------- schedules

@@ -119,3 +119,34 @@ def test_uint8_batches_arrive_normalised_and_channels_last(samples_of, workers):
     want = torch.stack([floats[i][0] for i in range(6)])
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.cat([y for _, y in device_loader]).tolist() == [label for _, label in samples]
+
+
+def test_deterministic_uint8_transform_caches_its_output(samples_of):
+    samples = samples_of(6)
+    tf = build_transform("eval", 32, MEAN, STD, normalize=False)
+    ds = ImageDataset(samples, tf, cache="ram")
+    assert set(ds.cache.shapes) == {(32, 32)}  # the crop itself, not the 36 px short side decode
+    first = torch.cat([x for x, _ in build_loader(ds, batch_size=4, shuffle=False, num_workers=0)])
+    assert ds.decode_count == 6 and ds.cache.complete
+    second = torch.cat([x for x, _ in build_loader(ds, batch_size=4, shuffle=False, num_workers=0)])
+    assert ds.decode_count == 6 and torch.equal(first, second)
+    uncached = torch.stack([ImageDataset(samples, tf)[i][0] for i in range(6)])
+    assert torch.equal(first, uncached)  # the same pixels as transforming each decoded image
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_warm_cache_fills_in_parallel_and_skips_bad_files(tmp_path, samples_of, workers):
+    samples = samples_of(40)  # enough images for two filling processes
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xffnot really")
+    samples.insert(5, (bad, 0))
+    ds = ImageDataset(samples, build_transform("eval", 32, MEAN, STD, normalize=False), cache="ram")
+    good = len(samples) - 1  # the bad file already failed the header scan: never queued for decoding
+    assert ds.warm_cache(workers) == good
+    assert ds.cache.complete
+    assert ds.decode_count == (good if workers == 1 else 0)  # threads here, or other processes
+    assert ds.warm_cache(workers) == 0  # nothing left to decode
+    loader = build_loader(ds, batch_size=8, shuffle=False)
+    assert loader.num_workers == 0  # a complete cache of final crops needs no workers
+    assert sum(len(y) for _, y in loader) == len(samples)  # the bad one replaced by a neighbour, reported once
+    assert bool(ds.bad[5]) and ds.decode_count == (good if workers == 1 else 0)
