@@ -9,7 +9,7 @@ Ours: `resnetlab.predict.Classifier.predict_paths` on the same files: batched, d
 runs, channels_last, bf16 autocast on CPUs with native bf16 (see `resolve_precision`).
 
 Both use the same randomly initialised ResNet-50 (no ImageNet weights are reachable here; speed does not depend on
-the weights). Each side gets a short untimed warm-up. Prints img/s for both, the ratio, and top-1 agreement.
+the weights). Each side gets an untimed warm-up at its batch shape. Prints img/s for both, the ratio, and top-1 agreement.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def timed(fn, *args) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=200, help="number of photos (default: 200)")
-    parser.add_argument("--batch-size", type=int, default=32, help="our batch size (default: 32)")
+    parser.add_argument("--batch-size", type=int, default=None, help="our batch size (default: the Classifier's)")
     parser.add_argument("--model", default="resnet50")
     args = parser.parse_args()
 
@@ -66,14 +66,15 @@ def main() -> None:
     model = create_model(args.model, num_classes=len(CLASSES)).eval()
     baseline_model = copy.deepcopy(model)  # the Classifier converts its model to channels_last in place
     clf = Classifier(model, CLASSES)
+    args.batch_size = args.batch_size or clf.batch_size
     print(
         f"{args.model} (random init), {len(paths)} TrashNet photos, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; ours: {clf.precision.describe()}, batch {args.batch_size}"
     )
 
-    warm = paths[: min(4, len(paths))]
-    tutorial_loop(baseline_model, warm, clf.default_cfg)
-    clf.predict_paths(warm, topk=1, batch_size=args.batch_size)
+    # Untimed warm-up: each side once at its own batch shape (one image for the loop, one full batch for ours).
+    tutorial_loop(baseline_model, paths[:4], clf.default_cfg)
+    clf.predict_paths(paths[: args.batch_size], topk=1, batch_size=args.batch_size)
 
     t_base, base_top1 = timed(tutorial_loop, baseline_model, paths, clf.default_cfg)
     t_ours, results = timed(clf.predict_paths, paths, 1, args.batch_size)

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint file (.pt) or .onnx file")
     p.add_argument("data", metavar="DIR", nargs="?", help="folder to evaluate on (default: the run's own data)")
     p.add_argument("--split", choices=SPLITS, default="val", help="which split to evaluate (default: val)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward pass (default: 16 on CPU, 64 on CUDA)"
+    )
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and the plots (default: the run folder)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average with the horizontal flip")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")

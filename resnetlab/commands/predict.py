@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", metavar="FILE", help="also write the results as CSV")
     p.add_argument("--grid", metavar="FILE.png", help="also draw the images titled with their top prediction")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average with the horizontal flip")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward pass (default: 16 on CPU, 64 on CUDA)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="autocast (default: auto)")
     p.set_defaults(func=run)
