@@ -9,7 +9,8 @@ Ours: `resnetlab.predict.Classifier.predict_paths` on the same files: batched, d
 runs, channels_last, bf16 autocast on CPUs with native bf16 (see `resolve_precision`).
 
 Both use the same randomly initialised ResNet-50 (no ImageNet weights are reachable here; speed does not depend on
-the weights). Each side gets an untimed warm-up at its batch shape. Prints img/s for both, the ratio, and top-1 agreement.
+the weights). Each side gets an untimed warm-up at its batch shape. Prints img/s for both, the ratio, and top-1
+agreement.
 """
 
 from __future__ import annotations
