@@ -356,6 +356,8 @@ class Trainer:
         self.started = time.perf_counter()
         self.precision = resolve_precision(ddp.device_for(info, cfg.device), cfg.amp, cfg.channels_last)
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
+        if cfg.ema and not 0 < cfg.ema < 1:
+            raise ResnetlabError(f"--ema {cfg.ema}: a decay between 0 and 1 (e.g. 0.998), or 0 for no averaging")
         run_dir = Path(cfg.resume) if cfg.resume else (make_run_dir(cfg) if info.is_main else None)
         self.run_dir = Path(ddp.broadcast_object(str(run_dir), info))
 
@@ -365,9 +367,16 @@ class Trainer:
         self.splits = make_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir)
         train_sizes = [self.splits.sizes[p] for p, _ in self.splits.train if p in self.splits.sizes]
         model, self.head_spec = build_model(cfg, self.splits.num_classes, pretrained=ckpt is None, sizes=train_sizes)
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
+        if ckpt is not None:  # with EMA, "model" holds the average and "train_model" the trained weights
+            model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
         self.model = self.precision.prepare_model(model)
+        self.ema = None
+        if cfg.ema:
+            from resnetlab.engine.ema import ModelEma
+
+            self.ema = ModelEma(self.model, cfg.ema)
+            if ckpt is not None and ckpt.get("train_model") is not None:
+                self.ema.load(ckpt["model"], ckpt.get("ema") or {})
         self.data = build_data(cfg, model.default_cfg, info, self.precision, self.splits)
         self.cached = uses_feature_cache(cfg, info)
         # Cached features are (B, F) vectors: no channels_last for the head.
@@ -413,7 +422,8 @@ class Trainer:
             f"{len(self.splits.val)} val images, {_px(model.default_cfg)}, "
             f"{self.precision.describe()}, "
             f"batch {cfg.batch_size}{f' on {info.world_size} processes' if info.enabled else ''}, "
-            f"{cfg.opt} lr {self.lr:.2e} {cfg.sched}, mode {cfg.mode}{' (cached features)' if self.cached else ''} "
+            f"{cfg.opt} lr {self.lr:.2e} {cfg.sched}{f', EMA {cfg.ema}' if cfg.ema else ''}, "
+            f"mode {cfg.mode}{' (cached features)' if self.cached else ''} "
             f"-> {self.run_dir}"
         )
 
@@ -449,7 +459,7 @@ class Trainer:
             self.train_model, data.train_loader, self.optimizer, self.schedule, self.criterion, self.step_precision,
             scaler=self.scaler, mixer=self.mixer, aux_weight=cfg.aux_weight, grad_clip=cfg.grad_clip,
             eval_modules=[] if self.cached else self.eval_modules, freeze_bn=cfg.freeze_bn, info=self.info,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=self.progress,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=self.progress, ema=self.ema,
         )  # fmt: skip
         if not math.isfinite(stats["loss"]):
             raise ResnetlabError(
@@ -457,7 +467,8 @@ class Trainer:
             )
         val = None
         if data.val_loader is not None:
-            eval_model = self.model.get_classifier() if self.cached else self.model
+            eval_model = self.ema.module if self.ema else self.model  # the averaged weights are the ones kept
+            eval_model = eval_model.get_classifier() if self.cached else eval_model
             val = evaluate(eval_model, data.val_loader, self.step_precision, self.info)
         self.schedule.epoch_end(val["acc"] if val else None)
         self.train_seconds += stats["seconds"]
@@ -501,7 +512,10 @@ class Trainer:
             "epoch": row["epoch"],
             "best_acc": self.best_acc,
             "metrics": {**row, "best_epoch": self.best_epoch},
-            "model": self.model.state_dict(),
+            # What predict, eval and export load: the averaged weights when EMA is on.
+            "model": (self.ema.module if self.ema else self.model).state_dict(),
+            "train_model": self.model.state_dict() if self.ema else None,
+            "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,6 +63,7 @@ def train_one_epoch(
     info: DistInfo = DistInfo(),
     desc: str = "train",
     progress: bool = False,
+    ema: Any = None,
 ) -> dict[str, float]:
     """Train for one pass over `loader`; returns the epoch's mean loss, accuracy, images/s and final LR (all ranks)."""
     from tqdm import tqdm
@@ -96,6 +98,8 @@ def train_one_epoch(
             optimizer.step()
         last_lr = current_lr(optimizer)  # the rate this step used, before the schedule moves it
         schedule.step()
+        if ema is not None:
+            ema.update()
 
         n = labels.numel()
         hard = target.argmax(1) if target.ndim == 2 else target  # mixup: the dominant label
