@@ -162,9 +162,15 @@ def train_sampler(labels: list[int], cfg: TrainConfig, info: ddp.DistInfo) -> tu
 
 
 def _drop_last(n: int, batch: int, info: ddp.DistInfo) -> bool:
-    # Keep every image, except a last batch of one, which BatchNorm cannot normalise in training mode.
+    """Drop a last partial batch of one, or one under half a batch when a full batch remains.
+
+    BatchNorm cannot normalise a batch of one in training mode; a small one costs a full step (plus new kernel shapes
+    on first use) and gives noisy BatchNorm statistics, and its images come back in another order next epoch. timm
+    always drops it; this keeps most images of small datasets.
+    """
     per_rank = -(-n // info.world_size)
-    return per_rank % batch == 1
+    rest = per_rank % batch
+    return rest == 1 or (per_rank > batch and 0 < rest < batch / 2)
 
 
 def build_data(

@@ -112,3 +112,15 @@ def test_cifar_recipe_pieces_run(digits_dir, tmp_path):
     summary = fit(cfg, log=print)
     rows = list(csv.DictReader((tmp_path / "c" / "history.csv").open()))
     assert summary["epochs_run"] == 2 and float(rows[1]["lr"]) == pytest.approx(float(rows[0]["lr"]) * 0.1)
+
+
+def test_drop_last_only_for_small_tail_batches():
+    from resnetlab.engine.distributed import DistInfo
+    from resnetlab.engine.fit import _drop_last
+
+    one = DistInfo()
+    assert _drop_last(514, 32, one)  # 16 full batches + 2 images: dropped (they return next epoch)
+    assert not _drop_last(2022, 64, one)  # 31 full + 38 images: kept
+    assert not _drop_last(576, 64, one)  # exact
+    assert _drop_last(65, 64, one)  # a batch of one cannot be normalised
+    assert not _drop_last(10, 64, one)  # no full batch: keep everything
