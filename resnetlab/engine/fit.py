@@ -136,7 +136,7 @@ def cifar_transform(size: int, mean: Any, std: Any) -> Callable:
             v2.ToImage(),
             v2.Resize(size, antialias=True),
             v2.CenterCrop(size),
-            v2.RandomCrop(size, padding=4, fill=[round(255 * m) for m in mean]),
+            v2.RandomCrop(size, padding=4),  # black padding, as the measured degradation table used
             v2.RandomHorizontalFlip(),
         ]
     )
