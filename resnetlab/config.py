@@ -147,6 +147,8 @@ class TrainConfig:
             raise ResnetlabError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.img_size is not None and self.img_size < 8:
             raise ResnetlabError(f"img_size must be at least 8 pixels, got {self.img_size}")
+        if self.ema and not 0.0 < self.ema < 1.0:
+            raise ResnetlabError(f"ema {self.ema}: a decay between 0 and 1 (e.g. 0.998), or 0 for no averaging")
         return self
 
     # ------------------------------------------------------------------ derived values

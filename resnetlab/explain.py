@@ -153,9 +153,9 @@ def save_explanation(result: Explanation, path: str | os.PathLike) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    from resnetlab.report.eval_plots import _configure_fonts
+    from resnetlab.report.fonts import configure_fonts
 
-    _configure_fonts([result.label])
+    configure_fonts([result.label])
     blended = np.asarray(overlay(result.image, result.heatmap), dtype=np.float32)
     left, top, right, bottom = result.crop
     outside = np.ones(result.heatmap.shape, dtype=bool)

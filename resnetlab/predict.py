@@ -180,11 +180,9 @@ class Classifier:
                 indices.append(i)
             except Exception as exc:  # one unreadable file must not stop the others
                 failures.append((i, _failure_reason(exc)))
-        if not tensors:
-            return indices, None, failures
-        # Stacked (B, H, W, C): channels_last pixels, no transposing copy (see `collate_uint8`).
-        batch = torch.stack([t.permute(1, 2, 0) for t in tensors]).permute(0, 3, 1, 2)
-        return indices, batch, failures
+        from resnetlab.data.loader import stack_channels_last
+
+        return indices, (stack_channels_last(tensors) if tensors else None), failures
 
     def scores_for(
         self, items: Sequence[ImageInput], batch_size: int | None = None, tta: bool = False

@@ -292,22 +292,27 @@ def auto_num_workers(dataset: Dataset) -> int:
     return default_workers()
 
 
-def collate_uint8(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(uint8 image (C, H, W), label)] -> (uint8 (B, C, H, W) laid out channels_last, labels (B,)).
+def stack_channels_last(images: Sequence[torch.Tensor], shared: bool = False) -> torch.Tensor:
+    """Images (C, H, W) -> one (B, C, H, W) batch laid out channels_last (any dtype; uint8 pixels in practice).
 
-    Stacking in (H, W, C) order keeps the cache's pixel order (no transposing copy) and gives the model its
-    channels_last layout for free. In a worker the batch is built straight into shared memory, as `default_collate`
-    does, so it reaches the main process without another copy. Float images fall back to `default_collate`.
+    Stacking in (H, W, C) order keeps the pixel order of decoded and cached images (no transposing copy) and gives
+    the model its channels_last layout for free. `shared`: build it in shared memory (a DataLoader worker's batch
+    then reaches the main process without another copy, as with `default_collate`).
     """
+    c, h, w = images[0].shape
+    out = torch.empty((len(images), h, w, c), dtype=images[0].dtype)
+    if shared:
+        out.share_memory_()
+    torch.stack([image.permute(1, 2, 0) for image in images], out=out)  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)  # (B, C, H, W) view
+
+
+def collate_uint8(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(uint8 image (C, H, W), label)] -> (uint8 batch, channels_last, labels (B,)); floats use `default_collate`."""
     images, labels = zip(*batch)
     if images[0].dtype != torch.uint8:
         return default_collate(batch)
-    c, h, w = images[0].shape
-    out = torch.empty((len(images), h, w, c), dtype=torch.uint8)
-    if get_worker_info() is not None:
-        out.share_memory_()
-    torch.stack([image.permute(1, 2, 0) for image in images], out=out)  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2), torch.tensor(labels)  # (B, C, H, W) view
+    return stack_channels_last(images, shared=get_worker_info() is not None), torch.tensor(labels)
 
 
 class DeviceLoader:

@@ -362,8 +362,6 @@ class Trainer:
         self.started = time.perf_counter()
         self.precision = resolve_precision(ddp.device_for(info, cfg.device), cfg.amp, cfg.channels_last)
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
-        if cfg.ema and not 0 < cfg.ema < 1:
-            raise ResnetlabError(f"--ema {cfg.ema}: a decay between 0 and 1 (e.g. 0.998), or 0 for no averaging")
         run_dir = Path(cfg.resume) if cfg.resume else (make_run_dir(cfg) if info.is_main else None)
         self.run_dir = Path(ddp.broadcast_object(str(run_dir), info))
 

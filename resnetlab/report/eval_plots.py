@@ -21,11 +21,6 @@ from resnetlab.report.fonts import configure_fonts
 THUMB_PX = 160  # thumbnails are shrunk to this before plotting: small PNGs, fast drawing
 
 
-def _configure_fonts(names: Sequence[str]) -> None:
-    """Pick a font that can draw every class name (CJK included)."""
-    configure_fonts(list(names))
-
-
 def _thumbnail(image: str | os.PathLike | Image.Image) -> Image.Image | None:
     """A small RGB copy of the image, or None when it cannot be read (the panel then says so)."""
     try:
@@ -68,7 +63,7 @@ def _matrix_panel(ax: Any, matrix: np.ndarray, classes: Sequence[str], title: st
 
 def plot_confusion_matrix(cm: Any, classes: Sequence[str], path: str | os.PathLike) -> Path:
     """Two panels: raw counts, and rows normalised to sum to 1 (each row is that class's recall breakdown)."""
-    _configure_fonts(classes)
+    configure_fonts(classes)
     cm = np.asarray(cm, dtype=np.int64)
     rows = cm.sum(axis=1, keepdims=True)
     normalised = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
@@ -122,7 +117,7 @@ def plot_mistakes(
 
     `labels` (N,) are the true indices and `probs` (N, K) the predicted probabilities for `images`.
     """
-    _configure_fonts(classes)
+    configure_fonts(classes)
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     preds = probs.argmax(axis=1) if len(labels) else np.zeros(0, dtype=np.int64)
@@ -140,7 +135,7 @@ def plot_mistakes(
 def plot_prediction_grid(results: Sequence[dict[str, Any]], path: str | os.PathLike, max_images: int = 48) -> Path:
     """`predict --grid`: each image titled with its top prediction (or its error), from `predict_paths` results."""
     shown = list(results)[:max_images]
-    _configure_fonts([p["label"] for r in shown for p in r.get("predictions", [])])
+    configure_fonts([p["label"] for r in shown for p in r.get("predictions", [])])
     panels = []
     for r in shown:
         if "error" in r:

@@ -17,18 +17,13 @@ from matplotlib.figure import Figure
 from resnetlab.report.fonts import configure_fonts
 
 
-def _configure_fonts(names: Sequence[str]) -> None:
-    """Pick a font that can draw every class name (CJK included)."""
-    configure_fonts(list(names))
-
-
 def _series(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
     return [float(r[key]) if r.get(key) not in (None, "") else math.nan for r in rows]
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
     """Save accuracy (left) and loss (right) against epoch for `history.csv` rows; marks the best val epoch."""
-    _configure_fonts([title])
+    configure_fonts([title])
     epochs = [int(r["epoch"]) for r in rows]
     fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     axes = fig.subplots(1, 2)

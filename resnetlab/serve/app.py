@@ -32,6 +32,8 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps
 from pydantic import BaseModel
 
+from resnetlab.data.loader import stack_channels_last
+
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_PIXELS = 40_000_000  # a 48 MP phone photo is ~48M; 40M decoded as RGB is ~120 MB of memory
@@ -214,7 +216,7 @@ class MicroBatcher:
             if not items:
                 continue
             try:
-                batch = torch.stack([image for image, _ in items])  # (B, C, H, W)
+                batch = stack_channels_last([image for image, _ in items])  # (B, C, H, W), channels_last
                 scores = await loop.run_in_executor(self._executor, self.scores_fn, batch)
             except Exception as exc:  # reported to each waiting request; the worker keeps going
                 for _, future in items:

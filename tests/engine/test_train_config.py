@@ -55,7 +55,12 @@ def test_typo_suggestion():
 
 @pytest.mark.parametrize(
     ("values", "needle"),
-    [({"epochs": "many"}, "epochs expects int"), ({"opt": "lamb"}, "opt 'lamb'"), ({"batch_size": 0}, "batch_size")],
+    [
+        ({"epochs": "many"}, "epochs expects int"),
+        ({"opt": "lamb"}, "opt 'lamb'"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"ema": 1.5}, "ema 1.5: a decay between 0 and 1"),
+    ],
 )
 def test_bad_values(values, needle):
     with pytest.raises(ResnetlabError, match=needle):
