@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     rate_a, rate_b, rate_c = n_a / t_a, n_b / t_b, n_c / t_c
     print(f"(a) ImageFolder+PIL, num_workers=0      {n_a:5d} images {t_a:7.2f} s {rate_a:8.1f} img/s  1.00x")
     print(
-        f"(b) resnetlab cold (fill cache, {workers} workers) {n_b:5d} images {t_b:7.2f} s {rate_b:8.1f} img/s "
+        f"(b) resnetlab cold (fill, then {workers} loader workers) {n_b:5d} images {t_b:7.2f} s {rate_b:8.1f} img/s "
         f"{rate_b / rate_a:5.2f}x  (scan + decode {setup:.2f} s, cache {cache_bytes / 2**20:.0f} MiB)"
     )
     print(f"(c) resnetlab warm cache               {n_c:5d} images {t_c:7.2f} s {rate_c:8.1f} img/s", end=" ")
