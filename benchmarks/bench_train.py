@@ -53,22 +53,31 @@ def limited_copy(root: Path, limit: int, dest: Path) -> Path:
     return dest
 
 
-def bf16_peak_flops(n: int = 2048, reps: int = 5) -> float:
-    """FLOP/s of a large bf16 matmul on the CPU (best of `reps`)."""
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+def bf16_peak_flops(device: torch.device, reps: int = 5) -> float:
+    """FLOP/s of a large bf16 matmul on `device` (best of `reps`)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, dtype=torch.bfloat16, device=device) for _ in range(2))
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    best = min(_timed(lambda: a @ b, device) for _ in range(reps))
     return 2 * n**3 / best
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
     start = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - start
 
 
-def baseline_epoch(data: Path, train_files: set[str], img_size: int, batch_size: int) -> float:
-    """The tutorial loop, one epoch over `train_files`; returns images/s."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def baseline_epoch(data: Path, train_files: set[str], img_size: int, batch_size: int, device: torch.device) -> float:
+    """The tutorial loop, one epoch over `train_files` (on the GPU when there is one, as the tutorial does);
+    returns images/s."""
     tf = transforms.Compose(
         [
             transforms.RandomResizedCrop(img_size),
@@ -82,17 +91,19 @@ def baseline_epoch(data: Path, train_files: set[str], img_size: int, batch_size:
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(folder, keep), batch_size=batch_size, shuffle=True, num_workers=0
     )
-    model = torchvision.models.resnet50(num_classes=len(folder.classes))
+    model = torchvision.models.resnet50(num_classes=len(folder.classes)).to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     model.train()
     seen, start = 0, time.perf_counter()
     for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
         optimizer.zero_grad()
         loss = criterion(model(inputs), labels)
         loss.backward()
         optimizer.step()
         seen += len(labels)
+    _sync(device)
     return seen / (time.perf_counter() - start)
 
 
@@ -105,7 +116,7 @@ def model_alone(num_classes: int, img_size: int, batch_size: int, steps: int = 6
     model = precision.prepare_model(torchvision.models.resnet50(num_classes=num_classes).train())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     x = precision.prepare_batch(torch.randn(batch_size, 3, img_size, img_size))
-    y = torch.randint(0, num_classes, (batch_size,))
+    y = torch.randint(0, num_classes, (batch_size,), device=precision.device)
     criterion = nn.CrossEntropyLoss()
 
     def step() -> None:
@@ -116,7 +127,7 @@ def model_alone(num_classes: int, img_size: int, batch_size: int, steps: int = 6
         optimizer.step()
 
     step(), step()
-    return steps * batch_size / _timed(lambda: [step() for _ in range(steps)])
+    return steps * batch_size / _timed(lambda: [step() for _ in range(steps)], precision.device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(splits.train)} training images, {args.model} at {args.img_size} px, batch {args.batch_size}")
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ours: {resolve_precision().describe()}")
 
-        peak = bf16_peak_flops()
+        device = resolve_precision().device
+        peak = bf16_peak_flops(device)
         macs = count_macs(create_model(args.model, num_classes=len(splits.classes)), (3, args.img_size, args.img_size))
         train_flops = 3 * macs * 2
         print(
@@ -150,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
 
         base = None
         if not args.skip_baseline:
-            base = baseline_epoch(data, train_files, args.img_size, args.batch_size)
+            base = baseline_epoch(data, train_files, args.img_size, args.batch_size, device)
             print(f"tutorial loop (ImageFolder, fp32, NCHW, 0 workers): {base:.2f} img/s")
 
         cfg = TrainConfig(
