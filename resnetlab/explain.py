@@ -128,7 +128,12 @@ def explain(classifier: Any, image: str | os.PathLike | Image.Image, class_name:
         class_index = classifier.classes.index(class_name)
     pil = _open(image)  # full size, for the picture
     x = classifier.preprocess(image)[None]  # (1, C, H, W), decoded exactly as `predict` decodes it
-    cam, index, probs = grad_cam(classifier.model, x, class_index)
+    # The label and score come from the classifier's own forward pass (its precision, e.g. bf16), so they are the
+    # numbers `predict` reports; Grad-CAM's pass runs in fp32 for clean gradients and differs in the last digits.
+    probs = torch.softmax(classifier.predict_logits(x), dim=1)[0]
+    if class_index is None:
+        class_index = int(probs.argmax())
+    cam, index, _ = grad_cam(classifier.model, x, class_index)
     return Explanation(
         image=pil,
         heatmap=cam_to_image(cam, pil.size, classifier.default_cfg),

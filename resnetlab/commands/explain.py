@@ -24,8 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from resnetlab.explain import explain, save_explanation
     from resnetlab.predict import load
 
-    # Gradients are taken in fp32: autocast would only blur a heat map this small.
-    clf = load(args.checkpoint, device=args.device, amp="off")
+    # The default precision, as `predict` uses, so the printed score is the one `predict` prints; Grad-CAM's own
+    # pass runs without autocast (fp32 gradients) whatever the classifier's precision.
+    clf = load(args.checkpoint, device=args.device)
     result = explain(clf, args.image, class_name=args.class_name)
     path = save_explanation(result, args.out)
     print(f"{args.image}: {result.label} ({result.score:.3f}); Grad-CAM written to {path}")

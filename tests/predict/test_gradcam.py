@@ -40,14 +40,14 @@ def test_grad_cam_works_for_every_model(name):
 
 
 def test_explain_on_the_trained_run(tiny_run, shared):
-    clf = load(tiny_run, amp="off")
+    clf = load(tiny_run)  # the default precision (bf16 autocast on this CPU); Grad-CAM's own pass is fp32
     photo = shared / "datasets" / "trashnet" / "glass" / "glass1.jpg"  # 384x288, larger than the 32 px input
     result = explain(clf, photo)
     with Image.open(photo) as im:
         assert result.heatmap.shape == (im.height, im.width)
     assert result.heatmap.std() > 0.01 and 0.9 < result.heatmap.max() <= 1.0
     assert result.label == clf.predict(photo, topk=1)[0][0]["label"]
-    assert result.score == pytest.approx(clf.predict(photo, topk=1)[0][0]["score"], abs=1e-4)
+    assert result.score == clf.predict(photo, topk=1)[0][0]["score"]  # the very number `predict` reports
     # Outside the centre crop the model never looked: no heat there.
     left, top, right, bottom = result.crop
     assert result.heatmap[:, : int(left) - 1].max() == 0 and result.heatmap[:, int(right) + 1 :].max() == 0
@@ -73,7 +73,9 @@ def test_explain_command(capsys, tiny_run, tiny_data, tmp_path):
     image = sorted((tiny_data / "metal").glob("*.jpg"))[0]
     out = tmp_path / "cam.png"
     assert main(["explain", str(tiny_run), str(image), "--out", str(out)]) == 0
-    assert "Grad-CAM written" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    best = load(tiny_run).predict(image, topk=1)[0][0]
+    assert f"{best['label']} ({best['score']:.3f}); Grad-CAM written" in printed  # the score `predict` prints
     with Image.open(out) as im:
         assert im.width > 300 and len(np.unique(np.asarray(im.convert("L")))) > 50
     assert main(["explain", str(tiny_run), str(image), "--out", str(out), "--class", "bottle"]) == 2
