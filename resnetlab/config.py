@@ -60,7 +60,9 @@ class TrainConfig:
     mixup: float = _f(0.0, "mixup alpha (0 = off)")
     cutmix: float = _f(0.0, "cutmix alpha (0 = off)")
     cache: str = _f("auto", "keep decoded images in RAM: auto (when they fit), ram, none")
-    workers: int | None = _f(None, "data loader worker processes (default: chosen from the CPU count)")
+    workers: int | None = _f(
+        None, "loader worker processes (default: 0 for CPU training from a full RAM cache, else 1 per CPU, max 4)"
+    )
     class_weights: str = _f("none", "weight the loss by inverse class frequency: none or auto")
     balanced_sampler: bool = _f(False, "draw training images with class-balanced probabilities")
     # --- model

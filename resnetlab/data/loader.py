@@ -277,17 +277,21 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def auto_num_workers(dataset: Dataset) -> int:
-    """Workers for `dataset`: none when a complete RAM cache already holds the transform's output, else one per
-    usable CPU (max 4).
+def auto_num_workers(dataset: Dataset, device_type: str = "cpu") -> int:
+    """Loader workers for `dataset`: none when its RAM cache is complete and either the model trains on the CPU or
+    the cache holds the transform's final output; else one per usable CPU (max 4).
 
-    Measured on 2 cores (TrashNet, 224, batches of 64 normalised in the main process): gathering cached eval crops
-    runs at ~7,300 img/s in the main process and ~2,500 img/s through 2 workers, whose IPC costs more than the
-    copy it spreads. Random training transforms do real work per image, and there each worker uses one thread and
-    overlaps with the training step (0 workers measured 16-41 img/s against ~360 with 1-2 on busy cores).
+    Measured on 2 cores, TrashNet in the RAM cache, quiet machine:
+    - a CPU that trains the model has no core to spare: ResNet-50 at 224 (batch 32) trained at 19.4 / 19.9 img/s
+      with 0 workers against 13.8 / 15.3 with 2 worker processes, ResNet-18 at 96 (batch 64) at 248-257 img/s
+      against 206-245. Cropping cached pixels in the main process costs less than the workers' competition with
+      the model's threads. Without a complete cache each image is decoded every epoch, and workers do that work.
+    - gathering cached eval crops runs at ~7,300 img/s in the main process and ~2,500 img/s through 2 workers,
+      whose IPC costs more than the copy it spreads.
+    A GPU run keeps its workers for random crops: there the CPU is otherwise idle.
     """
     cache = getattr(dataset, "cache", None)
-    if cache is not None and getattr(dataset, "output_shape", None) and cache.complete:
+    if cache is not None and cache.complete and (device_type == "cpu" or getattr(dataset, "output_shape", None)):
         return 0
     return default_workers()
 
@@ -368,7 +372,7 @@ def build_loader(
     `DeviceLoader` with a `BatchNormalize` to get model-ready batches.
     """
     if num_workers is None:
-        num_workers = auto_num_workers(dataset)
+        num_workers = auto_num_workers(dataset, device_type)
     cache = getattr(dataset, "cache", None)
     if cache is not None and num_workers > 0 and not cache.shared and not cache.complete:
         # A private buffer would be filled per worker process and lost; fill it once here instead.

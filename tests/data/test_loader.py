@@ -150,3 +150,16 @@ def test_warm_cache_fills_in_parallel_and_skips_bad_files(tmp_path, samples_of, 
     assert loader.num_workers == 0  # a complete cache of final crops needs no workers
     assert sum(len(y) for _, y in loader) == len(samples)  # the bad one replaced by a neighbour, reported once
     assert bool(ds.bad[5]) and ds.decode_count == (good if workers == 1 else 0)
+
+
+def test_cpu_training_from_a_full_cache_uses_no_workers(samples_of):
+    # A CPU training the model has no core to spare for worker processes once every image is decoded in RAM;
+    # a GPU run keeps its workers for the random crops.
+    train_tf = build_transform("train", 32, MEAN, STD, normalize=False, scale=(0.25, 1.0))
+    ds = ImageDataset(samples_of(6), train_tf, cache="ram")
+    expected = loader_mod.default_workers()
+    assert loader_mod.auto_num_workers(ds, "cpu") == expected  # nothing decoded yet
+    ds.warm_cache(1)
+    assert loader_mod.auto_num_workers(ds, "cpu") == 0
+    assert loader_mod.auto_num_workers(ds, "cuda") == expected
+    assert loader_mod.auto_num_workers(ImageDataset(samples_of(6), train_tf), "cpu") == expected  # decoded every epoch
