@@ -130,7 +130,7 @@ def explain(classifier: Any, image: str | os.PathLike | Image.Image, class_name:
     x = classifier.preprocess(image)[None]  # (1, C, H, W), decoded exactly as `predict` decodes it
     # The label and score come from the classifier's own forward pass (its precision, e.g. bf16), so they are the
     # numbers `predict` reports; Grad-CAM's pass runs in fp32 for clean gradients and differs in the last digits.
-    probs = torch.softmax(classifier.predict_logits(x), dim=1)[0]
+    probs = classifier.predict_scores(x)[0].exp()  # the call `predict` makes for its scores
     if class_index is None:
         class_index = int(probs.argmax())
     cam, index, _ = grad_cam(classifier.model, x, class_index)

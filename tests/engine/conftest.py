@@ -49,3 +49,17 @@ def tiny_config(data: Path, out: Path, **overrides):
 
     base = dict(data=str(data), model="resnet20", img_size=16, epochs=2, batch_size=8, workers=0, out=str(out))
     return TrainConfig.from_dict({**base, "progress": False, **overrides})
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after(epoch: int, total: int):
+    """A `fit` log hook that stops the run right after epoch `epoch` of `total` wrote last.pt, as a kill would."""
+
+    def log(line: str) -> None:
+        if line.startswith(f"epoch {epoch:>3}/{total}"):
+            raise Killed  # after last.pt of `epoch` was written, as a kill would leave it
+
+    return log

@@ -13,7 +13,7 @@ import torch
 
 from resnetlab.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from resnetlab.engine.fit import fit
-from tests.engine.conftest import tiny_config
+from tests.engine.conftest import Killed, kill_after, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -73,16 +73,9 @@ def test_resume_is_exact_on_cuda(digits_dir, tmp_path, ema):
     overrides = {"epochs": 3, "device": "cuda", "amp": "fp16", "dropout": 0.2, "mixup": 0.4, "ema": ema}
     fit(tiny_config(digits_dir, tmp_path / "full", **overrides), log=lambda _: None)
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_two(line: str) -> None:
-        if line.startswith("epoch   2/3"):
-            raise Killed
-
     cut = tiny_config(digits_dir, tmp_path / "cut", **overrides)
     with pytest.raises(Killed):
-        fit(cut, log=kill_after_two)
+        fit(cut, log=kill_after(2, 3))
     fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
     assert a["epoch"] == b["epoch"] == 3

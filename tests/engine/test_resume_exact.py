@@ -7,19 +7,7 @@ import torch
 
 from resnetlab.engine.checkpoint import load_checkpoint
 from resnetlab.engine.fit import fit
-from tests.engine.conftest import tiny_config
-
-
-class Killed(Exception):
-    pass
-
-
-def _kill_after(epoch: int, total: int):
-    def log(line: str) -> None:
-        if line.startswith(f"epoch {epoch:>3}/{total}"):
-            raise Killed  # after last.pt of `epoch` was written, as a kill would leave it
-
-    return log
+from tests.engine.conftest import Killed, kill_after, tiny_config
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.99])
@@ -33,7 +21,7 @@ def test_resume_reaches_same_weights(digits_dir, tmp_path, ema):
 
     cut = tiny_config(digits_dir, tmp_path / "cut", epochs=3, **overrides)
     with pytest.raises(Killed):
-        fit(cut, log=_kill_after(2, 3))
+        fit(cut, log=kill_after(2, 3))
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
     fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
 
