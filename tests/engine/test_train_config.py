@@ -80,6 +80,16 @@ def test_yaml_round_trip(tmp_path):
     assert TrainConfig.from_yaml(tmp_path / "config.yaml") == cfg
 
 
+def test_weight_decay_defaults_per_optimizer():
+    # SGD's L2 penalty at AdamW's decoupled 0.05 would cripple training: each optimizer has its own default.
+    assert TrainConfig().resolved_wd() == 0.05
+    assert TrainConfig(opt="sgd").resolved_wd() == 5e-4
+    assert TrainConfig(opt="adam").resolved_wd() == 0.0
+    assert TrainConfig.from_dict({"opt": "sgd", "wd": 0.01}).resolved_wd() == 0.01
+    with pytest.raises(ResnetlabError, match="wd must be at least 0"):
+        TrainConfig.from_dict({"wd": -1})
+
+
 def test_auto_lr_scales_with_batch():
     assert TrainConfig(opt="sgd", batch_size=128).resolved_lr() == pytest.approx(0.2)
     assert TrainConfig(opt="adamw", batch_size=256).resolved_lr() == pytest.approx(4e-3)
