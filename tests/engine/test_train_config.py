@@ -92,5 +92,5 @@ def test_weight_decay_defaults_per_optimizer():
 
 def test_auto_lr_scales_with_batch():
     assert TrainConfig(opt="sgd", batch_size=128).resolved_lr() == pytest.approx(0.2)
-    assert TrainConfig(opt="adamw", batch_size=256).resolved_lr() == pytest.approx(4e-3)
+    assert TrainConfig(opt="adamw", batch_size=256).resolved_lr() == pytest.approx(2e-3)
     assert TrainConfig(lr=0.3).resolved_lr() == 0.3
