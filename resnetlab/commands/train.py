@@ -33,7 +33,9 @@ def _flag_type(hint: Any) -> Any:
 def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, hint: Any) -> None:
     flag = "--" + f.name.replace("_", "-")
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    help_text = f"{f.metadata.get('help', '')} (default: {default})"
+    help_text = f.metadata.get("help", "")
+    if "(default:" not in help_text:  # fields resolved at run time say what their None means themselves
+        help_text += f" (default: {default})"
     kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
     kind = _flag_type(hint)
     if kind is bool:

@@ -21,6 +21,14 @@ def test_every_field_is_a_flag():
     assert set(TrainConfig.field_names()) <= dests
 
 
+def test_help_states_each_default_once():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train._actions}
+    assert helps["wd"].endswith("(default: per optimizer, 0.05 adamw, 5e-4 sgd)")
+    assert "None" not in helps["lr"] and "None" not in helps["wd"]
+    assert helps["epochs"].endswith("(default: 20)")
+
+
 def test_precedence_defaults_yaml_cli(tmp_path):
     cfg_file = tmp_path / "recipe.yaml"
     cfg_file.write_text("model: resnet34\nlr: 0.01\nepochs: 7\nhead: [512, 256]\nbalanced_sampler: true\n")
