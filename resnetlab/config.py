@@ -33,7 +33,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # hymenoptera seeds 0.714 against 0.698 (benchmarks/RESULTS.md).
 BASE_LR: dict[str, float] = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 # Weight decay per optimizer: AdamW's decoupled decay and SGD's L2 penalty differ by ~100x in useful size (SGD at
-# AdamW's 0.05 barely trains: 0.48 train accuracy after 15 of 20 epochs on the TrashNet recipe).
+# AdamW's 0.05 barely trains: 0.50 train accuracy after 15 of 20 epochs on the TrashNet recipe).
 BASE_WD: dict[str, float] = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
 REFERENCE_BATCH = 64
 
