@@ -29,8 +29,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 # Base learning rates at a global batch of 64 (scaled linearly for SGD, by the square root for Adam-style optimisers).
-# AdamW 1e-3 (2e-3 until 2026-11-27): over 3 TrashNet seeds 0.823 against 0.806 (every seed better), over 5
-# hymenoptera seeds 0.714 against 0.698 (benchmarks/RESULTS.md).
+# AdamW 1e-3 (2e-3 until 2026-11-27): over 5 TrashNet seeds 0.815 against 0.803 (never worse), over 5 hymenoptera
+# seeds 0.714 against 0.698 (benchmarks/RESULTS.md).
 BASE_LR: dict[str, float] = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 # Weight decay per optimizer: AdamW's decoupled decay and SGD's L2 penalty differ by ~100x in useful size (SGD at
 # AdamW's 0.05 barely trains: 0.50 train accuracy after 15 of 20 epochs on the TrashNet recipe).
