@@ -543,6 +543,8 @@ class Trainer:
         """summary.json and curves.png (rank 0); returns the summary on every rank."""
         summary = {
             "model": self.cfg.model,
+            "lr": self.lr,  # the peak rates in use: config.yaml keeps None where a default was resolved
+            "weight_decay": self.cfg.resolved_wd(),
             "best_epoch": self.best_epoch,
             "best_val_acc": self.best_acc if self.best_acc >= 0 else None,
             "final_val_acc": self.history[-1]["val_acc"] if self.history else None,
