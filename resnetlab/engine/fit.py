@@ -405,7 +405,7 @@ class Trainer:
 
             self.mixer = MixupCutmix(self.splits.num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
         self.scaler = torch.amp.GradScaler(self.precision.device.type, enabled=self.precision.needs_grad_scaler)
-        self.lr = cfg.resolved_lr()
+        self.lr, self.wd = cfg.resolved_lr(), cfg.resolved_wd()  # config.yaml keeps None where a default applied
         self.phases = plan_phases(cfg.mode, cfg.epochs, cfg.freeze_epochs)
         self.phase = -1  # index into self.phases; start_phase fills the four attributes below
         self.eval_modules: list[nn.Module] = []
@@ -432,7 +432,7 @@ class Trainer:
             f"{len(self.splits.val)} val images, {_px(model.default_cfg)}, "
             f"{self.precision.describe()}, "
             f"batch {cfg.batch_size}{f' on {info.world_size} processes' if info.enabled else ''}, "
-            f"{cfg.opt} lr {self.lr:.2e} wd {cfg.resolved_wd():g} {cfg.sched}{f', EMA {cfg.ema}' if cfg.ema else ''}, "
+            f"{cfg.opt} lr {self.lr:.2e} wd {self.wd:g} {cfg.sched}{f', EMA {cfg.ema}' if cfg.ema else ''}, "
             f"mode {cfg.mode}{' (cached features)' if self.cached else ''} "
             f"-> {self.run_dir}"
         )
@@ -447,9 +447,7 @@ class Trainer:
         pairs, self.eval_modules = configure_phase(self.model, kind, self.lr, cfg.lr_mult)
         trained = self.model.get_classifier() if self.cached else self.model
         self.train_model = _wrap(trained, cfg, self.info, self.precision)
-        self.optimizer = build_optimizer(
-            cfg.opt, param_groups(pairs, cfg.resolved_wd()), self.lr, cfg.momentum, cfg.nesterov
-        )
+        self.optimizer = build_optimizer(cfg.opt, param_groups(pairs, self.wd), self.lr, cfg.momentum, cfg.nesterov)
         self.schedule = build_schedule(
             cfg.sched, self.optimizer, end - first, len(self.data.train_loader), cfg.warmup_epochs,
             cfg.min_lr_ratio, cfg.step_size, cfg.gamma, [m - first for m in cfg.milestones if m > first],
@@ -543,8 +541,8 @@ class Trainer:
         """summary.json and curves.png (rank 0); returns the summary on every rank."""
         summary = {
             "model": self.cfg.model,
-            "lr": self.lr,  # the peak rates in use: config.yaml keeps None where a default was resolved
-            "weight_decay": self.cfg.resolved_wd(),
+            "lr": self.lr,  # the peak rate and decay in use
+            "weight_decay": self.wd,
             "best_epoch": self.best_epoch,
             "best_val_acc": self.best_acc if self.best_acc >= 0 else None,
             "final_val_acc": self.history[-1]["val_acc"] if self.history else None,
