@@ -377,9 +377,11 @@ class Trainer:
             model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
         self.model = self.precision.prepare_model(model)
         if self.precision.device.type == "cpu" and self.precision.amp_dtype == torch.bfloat16 and not cfg.compile:
+            from resnetlab.engine.bn_act import enable_fused_bn_act
             from resnetlab.engine.conv_wgrad import enable_gemm_weight_grad
 
             enable_gemm_weight_grad(self.model)  # 1.2x faster ResNet-18 steps at 96 px (benchmarks/RESULTS.md)
+            enable_fused_bn_act(self.model)  # 1.3x faster ResNet-50 steps at 224 px, 1.08x ResNet-18 at 96
         self.ema = None
         if cfg.ema:
             from resnetlab.engine.ema import ModelEma

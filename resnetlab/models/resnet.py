@@ -171,9 +171,11 @@ class ResNet(ClassifierMixin, nn.Module):
         ]
         return nn.Sequential(*layers)
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
-        x = self.layer1(x)
+        x = self.layer1(self.forward_stem(x))
         x = self.layer2(x)
         x = self.layer3(x)
         return self.layer4(x)  # (B, num_features, H/32, W/32)

@@ -1,0 +1,230 @@
+/* Training-mode BatchNorm fused with the residual add and ReLU, for bf16 channels_last tensors on the CPU.
+ *
+ * A channels_last (N, C, H, W) tensor is a row-major (M, C) matrix with M = N*H*W, so every kernel here walks rows
+ * and vectorises over channels. Eager PyTorch makes separate passes over memory for BatchNorm's statistics, its
+ * normalisation, the residual add, the ReLU, and again in backward for the ReLU mask and BatchNorm's two passes;
+ * these kernels make two passes each way (see bn_act.py for the measured effect).
+ *
+ * bf16 values travel as uint16_t; arithmetic is fp32, sums are flushed to per-thread double accumulators every
+ * FLUSH rows and combined in thread order, so results do not depend on scheduling (exact resume relies on that).
+ * Built by bn_act.py with `gcc -O3 -march=native -fopenmp`; OpenMP resolves to the libgomp PyTorch already loaded.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FLUSH 64
+
+static inline float bf2f(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f2bf(float f) { /* round to nearest even, as PyTorch's float -> bfloat16 */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* Rows [lo, hi) of thread t out of n. */
+static inline void rows_of(int64_t m, int t, int n, int64_t *lo, int64_t *hi) {
+    int64_t per = m / n, extra = m % n;
+    *lo = t * per + (t < extra ? t : extra);
+    *hi = *lo + per + (t < extra ? 1 : 0);
+}
+
+/* Per-channel sums of a and a*b over all rows, where a and b come from `row(r, c)`-style expressions; each caller
+ * below writes its own loop, this helper only merges the per-thread partials in a fixed order. */
+static void merge(const double *part, int nthreads, int64_t c, double *out) {
+    memset(out, 0, sizeof(double) * c);
+    for (int t = 0; t < nthreads; t++)
+        for (int64_t j = 0; j < c; j++) out[j] += part[t * c + j];
+}
+
+/* Forward. x, res (nullable), y: (M, C) bf16. weight, bias, running stats: (C) fp32. momentum < 0 leaves the
+ * running statistics alone. Writes save_mean and save_invstd (C) for backward. */
+void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t m, int64_t c, const float *weight,
+                    const float *bias, float *running_mean, float *running_var, float momentum, float eps, int relu,
+                    float *save_mean, float *save_invstd) {
+    int nt = omp_get_max_threads();
+    if (m < 4096) nt = 1;
+    double *s1 = calloc((size_t)(nt * c), sizeof(double)), *s2 = calloc((size_t)(nt * c), sizeof(double));
+    float *shift0 = malloc(sizeof(float) * c), *scale = malloc(sizeof(float) * c), *shift = malloc(sizeof(float) * c);
+    /* Sums of (x - x[0]) rather than x: keeps var = E[d^2] - E[d]^2 accurate when the mean is large. */
+    for (int64_t j = 0; j < c; j++) shift0[j] = bf2f(x[j]);
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num();
+        int64_t lo, hi;
+        rows_of(m, t, nt, &lo, &hi);
+        float *a = calloc((size_t)c, sizeof(float)), *b = calloc((size_t)c, sizeof(float));
+        double *d1 = s1 + t * c, *d2 = s2 + t * c;
+        for (int64_t r = lo; r < hi; r++) {
+            const uint16_t *xr = x + r * c;
+#pragma omp simd
+            for (int64_t j = 0; j < c; j++) {
+                float v = bf2f(xr[j]) - shift0[j];
+                a[j] += v;
+                b[j] += v * v;
+            }
+            if ((r - lo) % FLUSH == FLUSH - 1 || r == hi - 1) {
+                for (int64_t j = 0; j < c; j++) {
+                    d1[j] += a[j];
+                    d2[j] += b[j];
+                    a[j] = b[j] = 0.f;
+                }
+            }
+        }
+        free(a);
+        free(b);
+    }
+    double *sum = malloc(sizeof(double) * c), *sumsq = malloc(sizeof(double) * c);
+    merge(s1, nt, c, sum);
+    merge(s2, nt, c, sumsq);
+    for (int64_t j = 0; j < c; j++) {
+        double md = sum[j] / (double)m;
+        double var = sumsq[j] / (double)m - md * md;
+        if (var < 0) var = 0;
+        double mean = md + shift0[j];
+        float invstd = (float)(1.0 / sqrt(var + eps));
+        save_mean[j] = (float)mean;
+        save_invstd[j] = invstd;
+        scale[j] = weight[j] * invstd;
+        shift[j] = bias[j] - (float)mean * scale[j];
+        if (momentum >= 0) {
+            double unbiased = m > 1 ? var * (double)m / (double)(m - 1) : var;
+            running_mean[j] = (float)((1.0 - momentum) * running_mean[j] + momentum * mean);
+            running_var[j] = (float)((1.0 - momentum) * running_var[j] + momentum * unbiased);
+        }
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < m; r++) {
+        const uint16_t *xr = x + r * c;
+        const uint16_t *rr = res ? res + r * c : NULL;
+        uint16_t *yr = y + r * c;
+        if (rr) {
+#pragma omp simd
+            for (int64_t j = 0; j < c; j++) {
+                float v = bf2f(xr[j]) * scale[j] + shift[j] + bf2f(rr[j]);
+                yr[j] = f2bf(relu && v < 0.f ? 0.f : v);
+            }
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < c; j++) {
+                float v = bf2f(xr[j]) * scale[j] + shift[j];
+                yr[j] = f2bf(relu && v < 0.f ? 0.f : v);
+            }
+        }
+    }
+    free(s1);
+    free(s2);
+    free(sum);
+    free(sumsq);
+    free(shift0);
+    free(scale);
+    free(shift);
+}
+
+/* Backward. dy, x: (M, C) bf16. The ReLU mask is recomputed from x when y is NULL, else read from y (the residual
+ * case, where the mask depends on the residual too); then g = masked dy is also written to g_out, the residual's
+ * gradient. Writes dx (bf16) and dweight, dbias (fp32). */
+void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, uint16_t *g_out, uint16_t *dx,
+                     int64_t m, int64_t c, const float *weight, const float *bias, const float *save_mean,
+                     const float *save_invstd, int relu, float *dweight, float *dbias) {
+    int nt = omp_get_max_threads();
+    if (m < 4096) nt = 1;
+    double *s1 = calloc((size_t)(nt * c), sizeof(double)), *s2 = calloc((size_t)(nt * c), sizeof(double));
+    float *scale = malloc(sizeof(float) * c), *shift = malloc(sizeof(float) * c);
+    for (int64_t j = 0; j < c; j++) {
+        scale[j] = weight[j] * save_invstd[j];
+        shift[j] = bias[j] - save_mean[j] * scale[j];
+    }
+    const int recompute = relu && y == NULL, from_y = relu && y != NULL;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num();
+        int64_t lo, hi;
+        rows_of(m, t, nt, &lo, &hi);
+        float *a = calloc((size_t)c, sizeof(float)), *b = calloc((size_t)c, sizeof(float));
+        double *d1 = s1 + t * c, *d2 = s2 + t * c;
+        for (int64_t r = lo; r < hi; r++) {
+            const uint16_t *dyr = dy + r * c, *xr = x + r * c;
+            if (from_y) {
+                const uint16_t *yr = y + r * c;
+                uint16_t *gr = g_out + r * c;
+#pragma omp simd
+                for (int64_t j = 0; j < c; j++) {
+                    float g = bf2f(yr[j]) > 0.f ? bf2f(dyr[j]) : 0.f;
+                    gr[j] = f2bf(g);
+                    a[j] += g;
+                    b[j] += g * (bf2f(xr[j]) - save_mean[j]);
+                }
+            } else {
+#pragma omp simd
+                for (int64_t j = 0; j < c; j++) {
+                    float xv = bf2f(xr[j]);
+                    float g = (recompute && xv * scale[j] + shift[j] <= 0.f) ? 0.f : bf2f(dyr[j]);
+                    a[j] += g;
+                    b[j] += g * (xv - save_mean[j]);
+                }
+            }
+            if ((r - lo) % FLUSH == FLUSH - 1 || r == hi - 1) {
+                for (int64_t j = 0; j < c; j++) {
+                    d1[j] += a[j];
+                    d2[j] += b[j];
+                    a[j] = b[j] = 0.f;
+                }
+            }
+        }
+        free(a);
+        free(b);
+    }
+    double *sum_g = malloc(sizeof(double) * c), *sum_gx = malloc(sizeof(double) * c);
+    merge(s1, nt, c, sum_g);
+    merge(s2, nt, c, sum_gx);
+    /* dx = w * invstd * (g - mean(g) - xhat * mean(g * xhat)) = ka * g + kb * x + kc per channel. */
+    float *ka = malloc(sizeof(float) * c), *kb = malloc(sizeof(float) * c), *kc = malloc(sizeof(float) * c);
+    for (int64_t j = 0; j < c; j++) {
+        double invstd = save_invstd[j];
+        dbias[j] = (float)sum_g[j];
+        dweight[j] = (float)(sum_gx[j] * invstd);
+        double k = weight[j] * invstd;
+        double kx = k * invstd * invstd * sum_gx[j] / (double)m;
+        ka[j] = (float)k;
+        kb[j] = (float)(-kx);
+        kc[j] = (float)(kx * save_mean[j] - k * sum_g[j] / (double)m);
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < m; r++) {
+        const uint16_t *xr = x + r * c;
+        uint16_t *dxr = dx + r * c;
+        if (from_y) {
+            const uint16_t *gr = g_out + r * c;
+#pragma omp simd
+            for (int64_t j = 0; j < c; j++) dxr[j] = f2bf(ka[j] * bf2f(gr[j]) + kb[j] * bf2f(xr[j]) + kc[j]);
+        } else {
+            const uint16_t *dyr = dy + r * c;
+#pragma omp simd
+            for (int64_t j = 0; j < c; j++) {
+                float xv = bf2f(xr[j]);
+                float g = (recompute && xv * scale[j] + shift[j] <= 0.f) ? 0.f : bf2f(dyr[j]);
+                dxr[j] = f2bf(ka[j] * g + kb[j] * xv + kc[j]);
+            }
+        }
+    }
+    free(s1);
+    free(s2);
+    free(sum_g);
+    free(sum_gx);
+    free(scale);
+    free(shift);
+    free(ka);
+    free(kb);
+    free(kc);
+}

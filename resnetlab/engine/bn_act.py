@@ -1,0 +1,202 @@
+"""BatchNorm + residual add + ReLU in one kernel for bf16 training on the CPU.
+
+In a ResNet training step under CPU bf16 autocast, half the time is not convolution: BatchNorm's forward and
+backward, the ReLUs and their masks, and the residual adds each stream whole activation tensors through memory.
+`bn_act.c` does BatchNorm's statistics and normalisation with the add and ReLU in two passes forward, and the masked
+BatchNorm gradient in two passes backward (the ReLU mask is recomputed from the input instead of being read).
+
+The C file is compiled once per machine with the system's gcc (about a second) into the user's cache folder, and
+loaded with ctypes; where no compiler is found or the build fails, training uses PyTorch's own ops, unchanged.
+`enable_fused_bn_act(model)` switches a ResNet's blocks over in place: parameters, buffers and state_dict keys stay
+the same, and the fused path runs only when training under CPU bf16 autocast on channels_last tensors.
+Set RESNETLAB_FUSED_BN=0 to turn it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetlab.models.resnet import BasicBlock, Bottleneck, ResNet
+
+SOURCE = Path(__file__).with_name("bn_act.c")
+_p, _i64, _f32, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "resnetlab" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+@functools.lru_cache(maxsize=1)
+def load_library() -> ctypes.CDLL | None:
+    """The compiled kernels, building them on first use; None where they cannot be built or are turned off."""
+    if os.environ.get("RESNETLAB_FUSED_BN", "1") == "0" or platform.system() != "Linux":
+        return None
+    cc = shutil.which(os.environ.get("CC", "gcc"))
+    if cc is None:
+        return None
+    source = SOURCE.read_bytes()
+    # -march=native code is only valid on this kind of CPU: the flags are part of the key.
+    key = hashlib.sha256(source + cc.encode() + _cpu_flags().encode() + platform.machine().encode()).hexdigest()[:16]
+    path = cache_dir() / f"bn_act-{key}.so"
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                out = Path(tmp) / path.name
+                cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(out), "-lm"]
+                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+                os.replace(out, path)  # atomic: a concurrent build or a kill leaves no half-written library
+        except (OSError, subprocess.SubprocessError):
+            return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    lib.bn_act_forward.argtypes = [_p, _p, _p, _i64, _i64, _p, _p, _p, _p, _f32, _f32, _int, _p, _p]
+    lib.bn_act_backward.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _p, _p, _p, _p, _int, _p, _p]
+    lib.bn_act_forward.restype = lib.bn_act_backward.restype = None
+    return lib
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class _BatchNormAct(torch.autograd.Function):
+    """relu(batch_norm(x) + residual) in training mode; x and residual bf16 channels_last, parameters fp32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, residual, relu):
+        lib = load_library()
+        n, c, h, w = x.shape
+        y = torch.empty_like(x, memory_format=torch.channels_last)
+        mean, invstd = torch.empty(c), torch.empty(c)
+        update = running_mean is not None and momentum is not None
+        lib.bn_act_forward(
+            _ptr(x), _ptr(residual), _ptr(y), n * h * w, c, _ptr(weight), _ptr(bias), _ptr(running_mean),
+            _ptr(running_var), momentum if update else -1.0, eps, int(relu), _ptr(mean), _ptr(invstd),
+        )  # fmt: skip
+        # With a residual the ReLU mask depends on it, so backward reads the output; without, it recomputes the mask.
+        ctx.save_for_backward(x, weight, bias, mean, invstd, y if residual is not None else None)
+        ctx.relu, ctx.has_residual = relu, residual is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, mean, invstd, y = ctx.saved_tensors
+        lib = load_library()
+        n, c, h, w = x.shape
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        dx = torch.empty_like(x, memory_format=torch.channels_last)
+        g = torch.empty_like(x, memory_format=torch.channels_last) if ctx.has_residual else None
+        dweight, dbias = torch.empty(c), torch.empty(c)
+        lib.bn_act_backward(
+            _ptr(grad_out), _ptr(x), _ptr(y), _ptr(g), _ptr(dx), n * h * w, c, _ptr(weight), _ptr(bias),
+            _ptr(mean), _ptr(invstd), int(ctx.relu), _ptr(dweight), _ptr(dbias),
+        )  # fmt: skip
+        if not ctx.relu and ctx.has_residual:
+            g = grad_out
+        return dx, dweight, dbias, None, None, None, None, g, None
+
+
+def _fusable(bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    return (
+        bn.training
+        and torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.bfloat16
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and (residual is None or (residual.dtype == torch.bfloat16 and residual.shape == x.shape))
+        and bn.affine
+        and bn.weight.dtype == torch.float32
+        and load_library() is not None
+    )
+
+
+def bn_act(
+    bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = True
+) -> torch.Tensor:
+    """relu(bn(x) + residual), fused when `_fusable`, else PyTorch's ops exactly as the eager blocks run them."""
+    if not _fusable(bn, x, residual):
+        out = bn(x)
+        if residual is not None:
+            out += residual
+        return F.relu(out, inplace=True) if relu else out
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    # BatchNorm2d.forward's bookkeeping: count the batch, and momentum None means a cumulative average.
+    momentum = bn.momentum
+    if bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
+    with torch.autocast("cpu", enabled=False):
+        return _BatchNormAct.apply(x, bn.weight, bn.bias, *running, momentum, bn.eps, residual, relu)
+
+
+class FusedBasicBlock(BasicBlock):
+    """BasicBlock whose BatchNorms run with their ReLU (and the second with the residual add) through `bn_act`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = bn_act(self.bn1, self.conv1(x))
+        return bn_act(self.bn2, self.conv2(out), identity)
+
+
+class FusedBottleneck(Bottleneck):
+    """Bottleneck likewise: bn1 and bn2 with their ReLU, bn3 with the residual add and the last ReLU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = bn_act(self.bn1, self.conv1(x))
+        out = bn_act(self.bn2, self.conv2(out))
+        return bn_act(self.bn3, self.conv3(out), identity)
+
+
+class FusedResNet(ResNet):
+    """ResNet whose stem BatchNorm runs with its ReLU."""
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(bn_act(self.bn1, self.conv1(x)))
+
+
+FUSED = {BasicBlock: FusedBasicBlock, Bottleneck: FusedBottleneck, ResNet: FusedResNet}
+
+
+def enable_fused_bn_act(model: nn.Module) -> int:
+    """Switch a ResNet's stem and blocks to the fused forward in place; returns how many modules changed (0 when the
+    kernels cannot be built, or for other architectures)."""
+    if load_library() is None:
+        return 0
+    count = 0
+    for module in model.modules():
+        fused = FUSED.get(type(module))
+        if fused is not None:
+            module.__class__ = fused  # same parameters, buffers and state_dict keys; only forward differs
+            count += 1
+    return count

@@ -1,0 +1,170 @@
+"""The fused BatchNorm + add + ReLU kernels (engine/bn_act.c): as accurate as PyTorch's bf16 ops against an fp32
+reference, the same running statistics, deterministic, a drop-in for ResNet blocks, and a clean fallback."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab.engine import bn_act as fused_bn
+from resnetlab.engine.bn_act import bn_act, enable_fused_bn_act, load_library
+from resnetlab.models import create_model
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="the fused kernels are built with gcc")
+
+CL = torch.channels_last
+
+
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).contiguous(memory_format=CL)
+
+
+def _case(shape, residual: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    x = _bf16(torch.randn(shape, generator=g) * 2 + 0.5)  # a mean far from 0 tests the variance's accuracy
+    r = _bf16(torch.randn(shape, generator=g)) if residual else None
+    dy = _bf16(torch.randn(shape, generator=g))
+    weight, bias = torch.randn(c, generator=g) * 0.3 + 1, torch.randn(c, generator=g) * 0.3
+    return x, r, dy, weight, bias
+
+
+def _run(x, r, dy, weight, bias, relu: bool, how: str):
+    """Forward and backward through one BN(+add)(+ReLU): 'fused', 'eager' (bf16 ops) or 'fp32' (the reference)."""
+    bn = nn.BatchNorm2d(x.shape[1])
+    with torch.no_grad():
+        bn.weight.copy_(weight)
+        bn.bias.copy_(bias)
+    x = (x.float() if how == "fp32" else x.clone()).requires_grad_()
+    r = None if r is None else (r.float() if how == "fp32" else r.clone()).requires_grad_()
+    if how == "fused":
+        y = bn_act(bn, x, r, relu)
+    else:
+        y = bn(x)
+        y = y + r if r is not None else y
+        y = torch.relu(y) if relu else y
+    y.backward(dy.float() if how == "fp32" else dy)
+    grads = [x.grad, bn.weight.grad, bn.bias.grad] + ([r.grad] if r is not None else [])
+    return [y.detach().float()] + [t.float() for t in grads], bn
+
+
+def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((a - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("shape", [(16, 64, 16, 16), (4, 256, 7, 7), (2, 24, 5, 3)])  # threaded, >1 row/ch, tiny
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("relu", [True, False])
+def test_fused_is_as_accurate_as_pytorch_bf16(shape, residual, relu):
+    case = _case(shape, residual)
+    ref, _ = _run(*case, relu, "fp32")
+    eager, _ = _run(*case, relu, "eager")
+    fused, _ = _run(*case, relu, "fused")
+    names = ["y", "dx", "dweight", "dbias", "dresidual"]
+    for name, f, e, r in zip(names, fused, eager, ref):
+        # bf16 storage bounds both; the fused kernel rounds once where eager rounds after each op.
+        assert _rel(f, r) <= max(1.5 * _rel(e, r), 2e-3), name
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_running_statistics_match_batchnorm(momentum):
+    x, _, dy, weight, bias = _case((8, 32, 16, 16), residual=False)
+    eager = nn.BatchNorm2d(32, momentum=momentum)
+    fused = copy.deepcopy(eager)
+    for _ in range(3):
+        eager(x.float())
+        bn_act(fused, x, relu=False)
+    assert int(fused.num_batches_tracked) == int(eager.num_batches_tracked) == 3
+    torch.testing.assert_close(fused.running_mean, eager.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused.running_var, eager.running_var, rtol=1e-5, atol=1e-6)
+
+
+def _resnet_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = True) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    return {n: p.grad.float().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(("name", "switched"), [("resnet18", 1 + 8), ("resnet50", 1 + 16)])  # the stem + each block
+def test_fused_resnet_trains_like_eager_and_is_deterministic(name, switched):
+    torch.manual_seed(0)
+    eager = create_model(name, num_classes=5).to(memory_format=CL).train()
+    fused, reference = copy.deepcopy(eager), copy.deepcopy(eager)
+    assert enable_fused_bn_act(fused) == switched
+    assert fused.state_dict().keys() == eager.state_dict().keys()
+    x = torch.randn(16, 3, 64, 64).contiguous(memory_format=CL)  # the stem's BN has 16*32*32 rows: threaded
+    y = torch.randint(0, 5, (16,))
+    ref = _resnet_step(reference, x, y, bf16=False)
+    grads_e, grads_f = _resnet_step(eager, x, y), _resnet_step(fused, x, y)
+    # bf16 autocast alone moves the early layers' gradients by ~35% (random weights and data); the fused kernels
+    # must stay as close to fp32 as PyTorch's bf16 ops do, layer by layer. A wrong kernel is off by ~100%.
+    for n in ref:
+        assert _rel(grads_f[n], ref[n]) <= 1.2 * _rel(grads_e[n], ref[n]) + 0.02, n
+    # Same inputs, same state: bit-identical gradients (exact resume depends on it).
+    again = copy.deepcopy(fused)
+    fused.load_state_dict(again.state_dict())
+    g1, g2 = _resnet_step(fused, x, y), _resnet_step(again, x, y)
+    assert all(torch.equal(g1[n], g2[n]) for n in g1)
+    # Evaluation takes PyTorch's own path: identical outputs.
+    eager.load_state_dict(fused.state_dict())
+    eager.eval(), fused.eval()
+    with torch.no_grad():
+        assert torch.equal(eager(x), fused(x))
+
+
+def test_build_goes_to_the_cache_folder_and_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    load_library.cache_clear()
+    try:
+        assert load_library() is not None
+        assert len(list((tmp_path / "resnetlab" / "kernels").glob("bn_act-*.so"))) == 1
+        monkeypatch.setenv("RESNETLAB_FUSED_BN", "0")
+        load_library.cache_clear()
+        assert load_library() is None
+        model = create_model("resnet18", num_classes=3)
+        assert enable_fused_bn_act(model) == 0 and type(model.layer1[0]).__name__ == "BasicBlock"
+    finally:
+        load_library.cache_clear()
+
+
+def test_no_compiler_falls_back_to_pytorch(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler")
+    load_library.cache_clear()
+    try:
+        assert load_library() is None
+        x, _, _, weight, bias = _case((2, 8, 4, 4), residual=False)
+        bn = nn.BatchNorm2d(8)
+        assert not fused_bn._fusable(bn, x, None)
+        assert torch.equal(bn_act(bn, x), torch.relu(nn.BatchNorm2d(8)(x)))
+    finally:
+        load_library.cache_clear()
+
+
+def test_resume_is_exact_with_fused_kernels(digits_dir, tmp_path, monkeypatch):
+    from resnetlab.engine.checkpoint import load_checkpoint
+    from resnetlab.engine.fit import fit
+    from tests.engine.conftest import Killed, kill_after, tiny_config
+
+    # resnet18 under CPU bf16 autocast (the default where the CPU has it) takes the fused path: 16 x 16 x 16 rows in
+    # the stem, so the threaded reductions run too.
+    overrides = {"model": "resnet18", "img_size": 32, "batch_size": 16, "epochs": 2, "amp": "bf16"}
+    calls = []
+    apply = fused_bn._BatchNormAct.apply
+    monkeypatch.setattr(fused_bn._BatchNormAct, "apply", lambda *a: calls.append(1) or apply(*a))
+    fit(tiny_config(digits_dir, tmp_path / "full", **overrides), log=lambda _: None)
+    cut = tiny_config(digits_dir, tmp_path / "cut", **overrides)
+    with pytest.raises(Killed):
+        fit(cut, log=kill_after(1, 2))
+    fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert calls  # the runs took the fused path
