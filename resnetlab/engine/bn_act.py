@@ -159,11 +159,21 @@ def bn_act(
         return _BatchNormAct.apply(x, bn.weight, bn.bias, *running, momentum, bn.eps, residual, relu)
 
 
+def _shortcut(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
+    """The block's shortcut: x, or the projection (1x1 conv, then BatchNorm through `bn_act` without ReLU)."""
+    down = block.downsample
+    if down is None:
+        return x
+    if isinstance(down, nn.Sequential) and len(down) == 2 and type(down[1]) is nn.BatchNorm2d:
+        return bn_act(down[1], down[0](x), relu=False)
+    return down(x)
+
+
 class FusedBasicBlock(BasicBlock):
     """BasicBlock whose BatchNorms run with their ReLU (and the second with the residual add) through `bn_act`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = _shortcut(self, x)
         out = bn_act(self.bn1, self.conv1(x))
         return bn_act(self.bn2, self.conv2(out), identity)
 
@@ -172,7 +182,7 @@ class FusedBottleneck(Bottleneck):
     """Bottleneck likewise: bn1 and bn2 with their ReLU, bn3 with the residual add and the last ReLU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = _shortcut(self, x)
         out = bn_act(self.bn1, self.conv1(x))
         out = bn_act(self.bn2, self.conv2(out))
         return bn_act(self.bn3, self.conv3(out), identity)

@@ -91,26 +91,42 @@ def _resnet_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool 
     return {n: p.grad.float().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize(("name", "switched"), [("resnet18", 1 + 8), ("resnet50", 1 + 16)])  # the stem + each block
-def test_fused_resnet_trains_like_eager_and_is_deterministic(name, switched):
+def _models(name: str) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     eager = create_model(name, num_classes=5).to(memory_format=CL).train()
-    fused, reference = copy.deepcopy(eager), copy.deepcopy(eager)
-    assert enable_fused_bn_act(fused) == switched
-    assert fused.state_dict().keys() == eager.state_dict().keys()
+    return eager, copy.deepcopy(eager)
+
+
+def test_fused_resnet18_gradients_are_as_close_to_fp32_as_eager():
+    eager, fused = _models("resnet18")
+    reference = copy.deepcopy(eager)
+    enable_fused_bn_act(fused)
     x = torch.randn(16, 3, 64, 64).contiguous(memory_format=CL)  # the stem's BN has 16*32*32 rows: threaded
     y = torch.randint(0, 5, (16,))
     ref = _resnet_step(reference, x, y, bf16=False)
     grads_e, grads_f = _resnet_step(eager, x, y), _resnet_step(fused, x, y)
-    # bf16 autocast alone moves the early layers' gradients by ~35% (random weights and data); the fused kernels
-    # must stay as close to fp32 as PyTorch's bf16 ops do, layer by layer. A wrong kernel is off by ~100%.
-    for n in ref:
-        assert _rel(grads_f[n], ref[n]) <= 1.2 * _rel(grads_e[n], ref[n]) + 0.02, n
-    # Same inputs, same state: bit-identical gradients (exact resume depends on it).
+    # bf16 autocast alone moves a random network's gradients a long way from fp32 (36% here; ResNet-50's are further
+    # off than they are long, so it is no yardstick), in a direction that differs between any two bf16 programs,
+    # so single layers are too noisy to compare. All gradients together must stay as close to fp32 as PyTorch's bf16
+    # ops get; a wrong kernel (the dx formula missing a term, tried) lands at 79%.
+    flat = {
+        k: torch.cat([g.flatten() for g in grads.values()]) for k, grads in [("e", grads_e), ("f", grads_f), ("r", ref)]
+    }
+    assert _rel(flat["f"], flat["r"]) <= 1.1 * _rel(flat["e"], flat["r"]) + 0.02
+
+
+@pytest.mark.parametrize(("name", "switched"), [("resnet18", 1 + 8), ("resnet50", 1 + 16)])  # the stem + each block
+def test_fused_resnet_is_deterministic_and_evaluates_unchanged(name, switched):
+    eager, fused = _models(name)
+    assert enable_fused_bn_act(fused) == switched
+    assert fused.state_dict().keys() == eager.state_dict().keys()
+    x = torch.randn(16, 3, 64, 64).contiguous(memory_format=CL)
+    y = torch.randint(0, 5, (16,))
+    # Same inputs, same state: bit-identical gradients and running statistics (exact resume depends on it).
     again = copy.deepcopy(fused)
-    fused.load_state_dict(again.state_dict())
     g1, g2 = _resnet_step(fused, x, y), _resnet_step(again, x, y)
     assert all(torch.equal(g1[n], g2[n]) for n in g1)
+    assert all(torch.equal(a, b) for a, b in zip(fused.buffers(), again.buffers()))
     # Evaluation takes PyTorch's own path: identical outputs.
     eager.load_state_dict(fused.state_dict())
     eager.eval(), fused.eval()
