@@ -53,7 +53,7 @@ void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t
                     const float *bias, float *running_mean, float *running_var, float momentum, float eps, int relu,
                     float *save_mean, float *save_invstd) {
     int nt = omp_get_max_threads();
-    if (m < 4096) nt = 1;
+    if (m * c < 65536 || m < nt) nt = 1; /* threads cost more than they save on tiny tensors */
     double *s1 = calloc((size_t)(nt * c), sizeof(double)), *s2 = calloc((size_t)(nt * c), sizeof(double));
     float *shift0 = malloc(sizeof(float) * c), *scale = malloc(sizeof(float) * c), *shift = malloc(sizeof(float) * c);
     /* Sums of (x - x[0]) rather than x: keeps var = E[d^2] - E[d]^2 accurate when the mean is large. */
@@ -138,7 +138,7 @@ void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, u
                      int64_t m, int64_t c, const float *weight, const float *bias, const float *save_mean,
                      const float *save_invstd, int relu, float *dweight, float *dbias) {
     int nt = omp_get_max_threads();
-    if (m < 4096) nt = 1;
+    if (m * c < 65536 || m < nt) nt = 1; /* threads cost more than they save on tiny tensors */
     double *s1 = calloc((size_t)(nt * c), sizeof(double)), *s2 = calloc((size_t)(nt * c), sizeof(double));
     float *scale = malloc(sizeof(float) * c), *shift = malloc(sizeof(float) * c);
     for (int64_t j = 0; j < c; j++) {

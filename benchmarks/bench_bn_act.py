@@ -1,0 +1,91 @@
+"""Whole training steps with PyTorch's BatchNorm/add/ReLU against the fused kernels (`resnetlab/engine/bn_act.c`).
+
+Both models are the same ResNet (same weights, channels_last, bf16 autocast, GEMM weight gradients, fused AdamW, the
+allocator setting `fit` uses); they differ only in `enable_fused_bn_act`. Steps alternate between the two in one
+process, so machine drift hits both; the best of each round is reported with the ratio.
+
+    .venv/bin/python benchmarks/bench_bn_act.py                          # ResNet-50 at 224 (batch 32), ResNet-18 at 96
+    .venv/bin/python benchmarks/bench_bn_act.py --cases resnet50:32:224 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from resnetlab.engine.allocator import keep_freed_memory
+from resnetlab.engine.bn_act import enable_fused_bn_act, load_library
+from resnetlab.engine.conv_wgrad import enable_gemm_weight_grad
+from resnetlab.models import create_model
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", default="resnet50:32:224,resnet18:64:96", help="model:batch:size, comma-separated")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per model per round")
+    return p.parse_args(argv)
+
+
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def bench_case(name: str, batch: int, size: int, rounds: int, steps: int) -> None:
+    torch.manual_seed(0)
+    eager = create_model(name, num_classes=6).to(memory_format=torch.channels_last).train()
+    enable_gemm_weight_grad(eager)
+    fused = copy.deepcopy(eager)
+    switched = enable_fused_bn_act(fused)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 6, (batch,))
+    runs = {"pytorch": make_step(eager, x, y), "fused": make_step(fused, x, y)}
+    for step in runs.values():  # warm-up: oneDNN primitives, allocator
+        step()
+        step()
+    best = {k: float("inf") for k in runs}
+    for r in range(rounds):
+        line = []
+        for k, step in runs.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+            dt = (time.perf_counter() - t) / steps
+            best[k] = min(best[k], dt)
+            line.append(f"{k} {dt * 1000:.0f} ms")
+        print(f"  round {r + 1}: " + ", ".join(line), flush=True)
+    rate = {k: batch / v for k, v in best.items()}
+    print(
+        f"{name} batch {batch} at {size} px ({switched} modules fused): PyTorch ops {rate['pytorch']:.1f} img/s, "
+        f"fused {rate['fused']:.1f} img/s, speed-up {rate['fused'] / rate['pytorch']:.2f}x",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    keep_freed_memory()
+    if load_library() is None:
+        raise SystemExit("the fused kernels could not be built (no gcc?) or RESNETLAB_FUSED_BN=0 is set")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast, channels_last", flush=True)
+    for case in args.cases.split(","):
+        name, batch, size = case.split(":")
+        bench_case(name, int(batch), int(size), args.rounds, args.steps)
+
+
+if __name__ == "__main__":
+    main()
