@@ -66,7 +66,19 @@ def load_library() -> ctypes.CDLL | None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                 out = Path(tmp) / path.name
-                cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(out), "-lm"]
+                cmd = [
+                    cc,
+                    "-O3",
+                    "-march=native",
+                    "-mprefer-vector-width=512",
+                    "-fopenmp",
+                    "-shared",
+                    "-fPIC",
+                    str(SOURCE),
+                    "-o",
+                    str(out),
+                    "-lm",
+                ]
                 subprocess.run(cmd, check=True, capture_output=True, timeout=120)
                 os.replace(out, path)  # atomic: a concurrent build or a kill leaves no half-written library
         except (OSError, subprocess.SubprocessError):
