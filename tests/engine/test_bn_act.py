@@ -170,7 +170,7 @@ def test_resume_is_exact_with_fused_kernels(digits_dir, tmp_path, monkeypatch):
 
     # resnet18 under CPU bf16 autocast (the default where the CPU has it) takes the fused path: 16 x 16 x 16 rows in
     # the stem, so the threaded reductions run too.
-    overrides = {"model": "resnet18", "img_size": 32, "batch_size": 16, "epochs": 2, "amp": "bf16"}
+    overrides = {"model": "resnet18", "img_size": 32, "batch_size": 16, "epochs": 2, "amp": "bf16", "device": "cpu"}
     calls = []
     apply = fused_bn._BatchNormAct.apply
     monkeypatch.setattr(fused_bn._BatchNormAct, "apply", lambda *a: calls.append(1) or apply(*a))
