@@ -32,6 +32,8 @@ from resnetlab.models.resnet import BasicBlock, Bottleneck, ResNet
 
 SOURCE = Path(__file__).with_name("bn_act.c")
 _p, _i64, _f32, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+# gcc vectorises with 256-bit registers on AVX-512 CPUs unless told; 512 made the kernels 10-20% faster here.
+VECTOR_FLAGS: dict[str, list[str]] = {"x86_64": ["-mprefer-vector-width=512"]}
 
 
 def cache_dir() -> Path:
@@ -57,28 +59,16 @@ def load_library() -> ctypes.CDLL | None:
     cc = shutil.which(os.environ.get("CC", "gcc"))
     if cc is None:
         return None
-    source = SOURCE.read_bytes()
-    # -march=native code is only valid on this kind of CPU: the flags are part of the key.
-    key = hashlib.sha256(source + cc.encode() + _cpu_flags().encode() + platform.machine().encode()).hexdigest()[:16]
-    path = cache_dir() / f"bn_act-{key}.so"
+    flags = ["-O3", "-march=native", *VECTOR_FLAGS.get(platform.machine(), []), "-fopenmp", "-shared", "-fPIC"]
+    # -march=native code is only valid on this kind of CPU: its flags are part of the key, with the build's own.
+    parts = [SOURCE.read_bytes(), cc.encode(), " ".join(flags).encode(), _cpu_flags().encode()]
+    path = cache_dir() / f"bn_act-{hashlib.sha256(b'|'.join(parts)).hexdigest()[:16]}.so"
     if not path.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                 out = Path(tmp) / path.name
-                cmd = [
-                    cc,
-                    "-O3",
-                    "-march=native",
-                    "-mprefer-vector-width=512",
-                    "-fopenmp",
-                    "-shared",
-                    "-fPIC",
-                    str(SOURCE),
-                    "-o",
-                    str(out),
-                    "-lm",
-                ]
+                cmd = [cc, *flags, str(SOURCE), "-o", str(out), "-lm"]
                 subprocess.run(cmd, check=True, capture_output=True, timeout=120)
                 os.replace(out, path)  # atomic: a concurrent build or a kill leaves no half-written library
         except (OSError, subprocess.SubprocessError):
