@@ -39,8 +39,22 @@ static inline void rows_of(int64_t m, int t, int n, int64_t *lo, int64_t *hi) {
     *hi = *lo + per + (t < extra ? 1 : 0);
 }
 
-/* Per-channel sums of a and a*b over all rows, where a and b come from `row(r, c)`-style expressions; each caller
- * below writes its own loop, this helper only merges the per-thread partials in a fixed order. */
+/* Move a thread's fp32 row sums into its double accumulators. */
+static inline void flush(float *a, float *b, double *d1, double *d2, int64_t c) {
+    for (int64_t j = 0; j < c; j++) {
+        d1[j] += a[j];
+        d2[j] += b[j];
+        a[j] = b[j] = 0.f;
+    }
+}
+
+/* Threads cost more than they save on tiny tensors. */
+static inline int threads_for(int64_t m, int64_t c) {
+    int nt = omp_get_max_threads();
+    return (m * c < 65536 || m < nt) ? 1 : nt;
+}
+
+/* Sum the per-thread partials (nthreads x c) in thread order, so the result does not depend on scheduling. */
 static void merge(const double *part, int nthreads, int64_t c, double *out) {
     memset(out, 0, sizeof(double) * c);
     for (int t = 0; t < nthreads; t++)
@@ -52,8 +66,7 @@ static void merge(const double *part, int nthreads, int64_t c, double *out) {
 void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t m, int64_t c, const float *weight,
                     const float *bias, float *running_mean, float *running_var, float momentum, float eps, int relu,
                     float *save_mean, float *save_invstd) {
-    int nt = omp_get_max_threads();
-    if (m * c < 65536 || m < nt) nt = 1; /* threads cost more than they save on tiny tensors */
+    int nt = threads_for(m, c);
     double *s1 = calloc((size_t)(nt * c), sizeof(double)), *s2 = calloc((size_t)(nt * c), sizeof(double));
     float *shift0 = malloc(sizeof(float) * c), *scale = malloc(sizeof(float) * c), *shift = malloc(sizeof(float) * c);
     /* Sums of (x - x[0]) rather than x: keeps var = E[d^2] - E[d]^2 accurate when the mean is large. */
@@ -73,13 +86,7 @@ void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t
                 a[j] += v;
                 b[j] += v * v;
             }
-            if ((r - lo) % FLUSH == FLUSH - 1 || r == hi - 1) {
-                for (int64_t j = 0; j < c; j++) {
-                    d1[j] += a[j];
-                    d2[j] += b[j];
-                    a[j] = b[j] = 0.f;
-                }
-            }
+            if ((r - lo) % FLUSH == FLUSH - 1 || r == hi - 1) flush(a, b, d1, d2, c);
         }
         free(a);
         free(b);
@@ -137,8 +144,7 @@ void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t
 void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, uint16_t *g_out, uint16_t *dx,
                      int64_t m, int64_t c, const float *weight, const float *bias, const float *save_mean,
                      const float *save_invstd, int relu, float *dweight, float *dbias) {
-    int nt = omp_get_max_threads();
-    if (m * c < 65536 || m < nt) nt = 1; /* threads cost more than they save on tiny tensors */
+    int nt = threads_for(m, c);
     double *s1 = calloc((size_t)(nt * c), sizeof(double)), *s2 = calloc((size_t)(nt * c), sizeof(double));
     float *scale = malloc(sizeof(float) * c), *shift = malloc(sizeof(float) * c);
     for (int64_t j = 0; j < c; j++) {
@@ -174,13 +180,7 @@ void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, u
                     b[j] += g * (xv - save_mean[j]);
                 }
             }
-            if ((r - lo) % FLUSH == FLUSH - 1 || r == hi - 1) {
-                for (int64_t j = 0; j < c; j++) {
-                    d1[j] += a[j];
-                    d2[j] += b[j];
-                    a[j] = b[j] = 0.f;
-                }
-            }
+            if ((r - lo) % FLUSH == FLUSH - 1 || r == hi - 1) flush(a, b, d1, d2, c);
         }
         free(a);
         free(b);

@@ -63,3 +63,16 @@ def kill_after(epoch: int, total: int):
             raise Killed  # after last.pt of `epoch` was written, as a kill would leave it
 
     return log
+
+
+def full_and_resumed(data: Path, tmp_path: Path, kill_at: int, **overrides) -> tuple[dict, dict]:
+    """last.pt of an uninterrupted `fit` and of the same run killed after epoch `kill_at`, then resumed."""
+    from resnetlab.engine.checkpoint import load_checkpoint
+    from resnetlab.engine.fit import fit
+
+    fit(tiny_config(data, tmp_path / "full", **overrides), log=lambda _: None)
+    cut = tiny_config(data, tmp_path / "cut", **overrides)
+    with pytest.raises(Killed):
+        fit(cut, log=kill_after(kill_at, cut.epochs))
+    fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
+    return load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")

@@ -164,9 +164,7 @@ def test_no_compiler_falls_back_to_pytorch(monkeypatch, tmp_path):
 
 
 def test_resume_is_exact_with_fused_kernels(digits_dir, tmp_path, monkeypatch):
-    from resnetlab.engine.checkpoint import load_checkpoint
-    from resnetlab.engine.fit import fit
-    from tests.engine.conftest import Killed, kill_after, tiny_config
+    from tests.engine.conftest import full_and_resumed
 
     # resnet18 under CPU bf16 autocast (the default where the CPU has it) takes the fused path: 16 x 16 x 16 rows in
     # the stem, so the threaded reductions run too.
@@ -174,12 +172,7 @@ def test_resume_is_exact_with_fused_kernels(digits_dir, tmp_path, monkeypatch):
     calls = []
     apply = fused_bn._BatchNormAct.apply
     monkeypatch.setattr(fused_bn._BatchNormAct, "apply", lambda *a: calls.append(1) or apply(*a))
-    fit(tiny_config(digits_dir, tmp_path / "full", **overrides), log=lambda _: None)
-    cut = tiny_config(digits_dir, tmp_path / "cut", **overrides)
-    with pytest.raises(Killed):
-        fit(cut, log=kill_after(1, 2))
-    fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
-    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    a, b = full_and_resumed(digits_dir, tmp_path, 1, **overrides)
     assert a["epoch"] == b["epoch"] == 2
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key

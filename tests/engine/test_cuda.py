@@ -13,7 +13,7 @@ import torch
 
 from resnetlab.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from resnetlab.engine.fit import fit
-from tests.engine.conftest import Killed, kill_after, tiny_config
+from tests.engine.conftest import full_and_resumed, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -74,13 +74,7 @@ def test_fit_on_cuda_and_checkpoint_loads_on_cpu(digits_dir, tmp_path, amp):
 @pytest.mark.parametrize("ema", [0.0, 0.99])
 def test_resume_is_exact_on_cuda(digits_dir, tmp_path, ema):
     overrides = {"epochs": 3, "device": "cuda", "amp": "fp16", "dropout": 0.2, "mixup": 0.4, "ema": ema}
-    fit(tiny_config(digits_dir, tmp_path / "full", **overrides), log=lambda _: None)
-
-    cut = tiny_config(digits_dir, tmp_path / "cut", **overrides)
-    with pytest.raises(Killed):
-        fit(cut, log=kill_after(2, 3))
-    fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
-    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    a, b = full_and_resumed(digits_dir, tmp_path, 2, **overrides)
     assert a["epoch"] == b["epoch"] == 3
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
