@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnetlab.models.cifar_resnet import CifarBasicBlock
 from resnetlab.models.resnet import BasicBlock, Bottleneck, ResNet
 
 SOURCE = Path(__file__).with_name("bn_act.c")
@@ -197,12 +198,25 @@ class FusedResNet(ResNet):
         return self.maxpool(bn_act(self.bn1, self.conv1(x)))
 
 
-FUSED = {BasicBlock: FusedBasicBlock, Bottleneck: FusedBottleneck, ResNet: FusedResNet}
+class FusedCifarBasicBlock(CifarBasicBlock):
+    """The CIFAR ResNets' block (and their plain twins', without the residual) likewise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = bn_act(self.bn1, self.conv1(x))
+        return bn_act(self.bn2, self.conv2(out), self.shortcut(x) if self.residual else None)
+
+
+FUSED = {
+    BasicBlock: FusedBasicBlock,
+    Bottleneck: FusedBottleneck,
+    ResNet: FusedResNet,
+    CifarBasicBlock: FusedCifarBasicBlock,
+}
 
 
 def enable_fused_bn_act(model: nn.Module) -> int:
-    """Switch a ResNet's stem and blocks to the fused forward in place; returns how many modules changed (0 when the
-    kernels cannot be built, or for other architectures)."""
+    """Switch a ResNet's stem and blocks (a CIFAR ResNet's blocks) to the fused forward in place; returns how many
+    modules changed (0 when the kernels cannot be built, or for other architectures)."""
     if load_library() is None:
         return 0
     count = 0

@@ -115,7 +115,9 @@ def test_fused_resnet18_gradients_are_as_close_to_fp32_as_eager():
     assert _rel(flat["f"], flat["r"]) <= 1.1 * _rel(flat["e"], flat["r"]) + 0.02
 
 
-@pytest.mark.parametrize(("name", "switched"), [("resnet18", 1 + 8), ("resnet50", 1 + 16)])  # the stem + each block
+@pytest.mark.parametrize(
+    ("name", "switched"), [("resnet18", 1 + 8), ("resnet50", 1 + 16), ("resnet20", 9), ("plain20", 9)]
+)  # ImageNet ResNets: the stem and each block; CIFAR ones: each block
 def test_fused_resnet_is_deterministic_and_evaluates_unchanged(name, switched):
     eager, fused = _models(name)
     assert enable_fused_bn_act(fused) == switched
