@@ -376,12 +376,13 @@ class Trainer:
         if ckpt is not None:  # with EMA, "model" holds the average and "train_model" the trained weights
             model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
         self.model = self.precision.prepare_model(model)
+        self.fused_bn = 0  # modules running BatchNorm + add + ReLU through engine/bn_act.c
         if self.precision.device.type == "cpu" and self.precision.amp_dtype == torch.bfloat16 and not cfg.compile:
             from resnetlab.engine.bn_act import enable_fused_bn_act
             from resnetlab.engine.conv_wgrad import enable_gemm_weight_grad
 
             enable_gemm_weight_grad(self.model)  # 1.2x faster ResNet-18 steps at 96 px (benchmarks/RESULTS.md)
-            enable_fused_bn_act(self.model)  # ResNet-50 steps at 224 px 1.27-1.36x faster, ResNet-18 at 96 px 1.12x
+            self.fused_bn = enable_fused_bn_act(self.model)  # ResNet-50 steps 1.27-1.36x faster, ResNet-18 1.12x
         self.ema = None
         if cfg.ema:
             from resnetlab.engine.ema import ModelEma
@@ -432,7 +433,7 @@ class Trainer:
         log(
             f"train {cfg.model}: {self.splits.num_classes} classes, {len(self.splits.train)} train / "
             f"{len(self.splits.val)} val images, {_px(model.default_cfg)}, "
-            f"{self.precision.describe()}, "
+            f"{self.precision.describe()}{', fused BN' if self.fused_bn else ''}, "
             f"batch {cfg.batch_size}{f' on {info.world_size} processes' if info.enabled else ''}, "
             f"{cfg.opt} lr {self.lr:.2e} wd {self.wd:g} {cfg.sched}{f', EMA {cfg.ema}' if cfg.ema else ''}, "
             f"mode {cfg.mode}{' (cached features)' if self.cached else ''} "

@@ -179,3 +179,21 @@ def test_resume_is_exact_with_fused_kernels(digits_dir, tmp_path, monkeypatch):
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert calls  # the runs took the fused path
+
+
+def test_training_log_says_when_the_fused_path_is_on(digits_dir, tmp_path, monkeypatch):
+    from resnetlab.engine.fit import fit
+    from tests.engine.conftest import tiny_config
+
+    def first_line(out: str) -> str:
+        lines = []
+        fit(tiny_config(digits_dir, tmp_path / out, epochs=1, amp="bf16", device="cpu"), log=lines.append)
+        return lines[0]
+
+    assert "cpu bf16 channels_last, fused BN," in first_line("on")
+    monkeypatch.setenv("RESNETLAB_FUSED_BN", "0")
+    load_library.cache_clear()
+    try:
+        assert "fused BN" not in first_line("off")
+    finally:
+        load_library.cache_clear()
