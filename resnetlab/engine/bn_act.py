@@ -133,6 +133,7 @@ def _fusable(bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None)
         and x.dtype == torch.bfloat16
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
+        and x.shape[0] * x.shape[2] * x.shape[3] > 1  # one value per channel: PyTorch's own error, not a silent 0 var
         and (residual is None or (residual.dtype == torch.bfloat16 and residual.shape == x.shape))
         and bn.affine
         and bn.weight.dtype == torch.float32

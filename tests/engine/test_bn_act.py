@@ -136,6 +136,12 @@ def test_fused_resnet_is_deterministic_and_evaluates_unchanged(name, switched):
         assert torch.equal(eager(x), fused(x))
 
 
+def test_one_value_per_channel_raises_as_batchnorm_does():
+    x = _bf16(torch.randn(1, 8, 1, 1))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn_act(nn.BatchNorm2d(8), x.requires_grad_())
+
+
 def test_build_goes_to_the_cache_folder_and_can_be_turned_off(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     load_library.cache_clear()
