@@ -6,6 +6,7 @@ process, so machine drift hits both; the best of each round is reported with the
 
     .venv/bin/python benchmarks/bench_bn_act.py                          # ResNet-50 at 224 (batch 32), ResNet-18 at 96
     .venv/bin/python benchmarks/bench_bn_act.py --cases resnet50:32:224 --rounds 5
+    .venv/bin/python benchmarks/bench_bn_act.py --cases mobilenet_v2:32:224,googlenet:32:224,resnet20:128:32
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[]
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = nn.functional.cross_entropy(model(x), y)
+            out = model(x)
+            outs = list(out) if isinstance(out, tuple) else [out]  # GoogLeNet: logits and two auxiliary heads
+            loss = sum(w * nn.functional.cross_entropy(o, y) for w, o in zip([1.0, 0.3, 0.3], outs) if o is not None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,4 +1,4 @@
-/* Training-mode BatchNorm fused with the residual add and ReLU, for bf16 channels_last tensors on the CPU.
+/* Training-mode BatchNorm fused with the residual add and ReLU (or ReLU6), for bf16 channels_last tensors on the CPU.
  *
  * A channels_last (N, C, H, W) tensor is a row-major (M, C) matrix with M = N*H*W, so every kernel here walks rows
  * and vectorises over channels. Eager PyTorch makes separate passes over memory for BatchNorm's statistics, its
@@ -32,6 +32,10 @@ static inline uint16_t f2bf(float f) { /* round to nearest even, as PyTorch's fl
     return (uint16_t)(u >> 16);
 }
 
+/* The activation, ReLU (upper = infinity) or ReLU6 (upper = 6), and where its gradient passes: 0 < v < upper. */
+static inline float clampf(float v, float upper) { return v < 0.f ? 0.f : (v > upper ? upper : v); }
+static inline int passes(float v, float upper) { return v > 0.f && v < upper; }
+
 /* Rows [lo, hi) of thread t out of n. */
 static inline void rows_of(int64_t m, int t, int n, int64_t *lo, int64_t *hi) {
     int64_t per = m / n, extra = m % n;
@@ -64,8 +68,8 @@ static void merge(const double *part, int nthreads, int64_t c, double *out) {
 /* Forward. x, res (nullable), y: (M, C) bf16. weight, bias, running stats: (C) fp32. momentum < 0 leaves the
  * running statistics alone. Writes save_mean and save_invstd (C) for backward. */
 void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t m, int64_t c, const float *weight,
-                    const float *bias, float *running_mean, float *running_var, float momentum, float eps, int relu,
-                    float *save_mean, float *save_invstd) {
+                    const float *bias, float *running_mean, float *running_var, float momentum, float eps, int act,
+                    float upper, float *save_mean, float *save_invstd) {
     int nt = threads_for(m, c);
     double *s1 = calloc((size_t)(nt * c), sizeof(double)), *s2 = calloc((size_t)(nt * c), sizeof(double));
     float *shift0 = malloc(sizeof(float) * c), *scale = malloc(sizeof(float) * c), *shift = malloc(sizeof(float) * c);
@@ -119,13 +123,13 @@ void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t
 #pragma omp simd
             for (int64_t j = 0; j < c; j++) {
                 float v = bf2f(xr[j]) * scale[j] + shift[j] + bf2f(rr[j]);
-                yr[j] = f2bf(relu && v < 0.f ? 0.f : v);
+                yr[j] = f2bf(act ? clampf(v, upper) : v);
             }
         } else {
 #pragma omp simd
             for (int64_t j = 0; j < c; j++) {
                 float v = bf2f(xr[j]) * scale[j] + shift[j];
-                yr[j] = f2bf(relu && v < 0.f ? 0.f : v);
+                yr[j] = f2bf(act ? clampf(v, upper) : v);
             }
         }
     }
@@ -138,12 +142,12 @@ void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t
     free(shift);
 }
 
-/* Backward. dy, x: (M, C) bf16. The ReLU mask is recomputed from x when y is NULL, else read from y (the residual
+/* Backward. dy, x: (M, C) bf16. The activation's mask is recomputed from x when y is NULL, else read from y (the residual
  * case, where the mask depends on the residual too); then g = masked dy is also written to g_out, the residual's
  * gradient. Writes dx (bf16) and dweight, dbias (fp32). */
 void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, uint16_t *g_out, uint16_t *dx,
                      int64_t m, int64_t c, const float *weight, const float *bias, const float *save_mean,
-                     const float *save_invstd, int relu, float *dweight, float *dbias) {
+                     const float *save_invstd, int act, float upper, float *dweight, float *dbias) {
     int nt = threads_for(m, c);
     double *s1 = calloc((size_t)(nt * c), sizeof(double)), *s2 = calloc((size_t)(nt * c), sizeof(double));
     float *scale = malloc(sizeof(float) * c), *shift = malloc(sizeof(float) * c);
@@ -151,7 +155,7 @@ void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, u
         scale[j] = weight[j] * save_invstd[j];
         shift[j] = bias[j] - save_mean[j] * scale[j];
     }
-    const int recompute = relu && y == NULL, from_y = relu && y != NULL;
+    const int recompute = act && y == NULL, from_y = act && y != NULL;
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num();
@@ -166,7 +170,7 @@ void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, u
                 uint16_t *gr = g_out + r * c;
 #pragma omp simd
                 for (int64_t j = 0; j < c; j++) {
-                    float g = bf2f(yr[j]) > 0.f ? bf2f(dyr[j]) : 0.f;
+                    float g = passes(bf2f(yr[j]), upper) ? bf2f(dyr[j]) : 0.f;
                     gr[j] = f2bf(g);
                     a[j] += g;
                     b[j] += g * (bf2f(xr[j]) - save_mean[j]);
@@ -175,7 +179,7 @@ void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, u
 #pragma omp simd
                 for (int64_t j = 0; j < c; j++) {
                     float xv = bf2f(xr[j]);
-                    float g = (recompute && xv * scale[j] + shift[j] <= 0.f) ? 0.f : bf2f(dyr[j]);
+                    float g = (recompute && !passes(xv * scale[j] + shift[j], upper)) ? 0.f : bf2f(dyr[j]);
                     a[j] += g;
                     b[j] += g * (xv - save_mean[j]);
                 }
@@ -213,7 +217,7 @@ void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, u
 #pragma omp simd
             for (int64_t j = 0; j < c; j++) {
                 float xv = bf2f(xr[j]);
-                float g = (recompute && xv * scale[j] + shift[j] <= 0.f) ? 0.f : bf2f(dyr[j]);
+                float g = (recompute && !passes(xv * scale[j] + shift[j], upper)) ? 0.f : bf2f(dyr[j]);
                 dxr[j] = f2bf(ka[j] * g + kb[j] * xv + kc[j]);
             }
         }

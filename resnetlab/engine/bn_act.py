@@ -1,4 +1,4 @@
-"""BatchNorm + residual add + ReLU in one kernel for bf16 training on the CPU.
+"""BatchNorm + residual add + ReLU (or ReLU6) in one kernel for bf16 training on the CPU.
 
 In a ResNet training step under CPU bf16 autocast, half the time is not convolution: BatchNorm's forward and
 backward, the ReLUs and their masks, and the residual adds each stream whole activation tensors through memory.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.models.cifar_resnet import CifarBasicBlock
+from resnetlab.models.googlenet import BasicConv2d
+from resnetlab.models.mobilenet import ConvBNAct, InvertedResidual
 from resnetlab.models.resnet import BasicBlock, Bottleneck, ResNet
 
 SOURCE = Path(__file__).with_name("bn_act.c")
@@ -78,8 +81,8 @@ def load_library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(path))
     except OSError:
         return None
-    lib.bn_act_forward.argtypes = [_p, _p, _p, _i64, _i64, _p, _p, _p, _p, _f32, _f32, _int, _p, _p]
-    lib.bn_act_backward.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _p, _p, _p, _p, _int, _p, _p]
+    lib.bn_act_forward.argtypes = [_p, _p, _p, _i64, _i64, _p, _p, _p, _p, _f32, _f32, _int, _f32, _p, _p]
+    lib.bn_act_backward.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _p, _p, _p, _p, _int, _f32, _p, _p]
     lib.bn_act_forward.restype = lib.bn_act_backward.restype = None
     return lib
 
@@ -88,11 +91,17 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+# Activation name -> (on, upper clamp): the kernels clamp to [0, upper] and pass gradients where 0 < v < upper.
+ACTS: dict[str | None, tuple[int, float]] = {None: (0, math.inf), "relu": (1, math.inf), "relu6": (1, 6.0)}
+ACT_FN = {"relu": F.relu, "relu6": F.relu6}
+ACT_OF = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
+
+
 class _BatchNormAct(torch.autograd.Function):
-    """relu(batch_norm(x) + residual) in training mode; x and residual bf16 channels_last, parameters fp32."""
+    """act(batch_norm(x) + residual) in training mode; x and residual bf16 channels_last, parameters fp32."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, residual, relu):
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, residual, act):
         lib = load_library()
         n, c, h, w = x.shape
         y = torch.empty_like(x, memory_format=torch.channels_last)
@@ -100,11 +109,11 @@ class _BatchNormAct(torch.autograd.Function):
         update = running_mean is not None and momentum is not None
         lib.bn_act_forward(
             _ptr(x), _ptr(residual), _ptr(y), n * h * w, c, _ptr(weight), _ptr(bias), _ptr(running_mean),
-            _ptr(running_var), momentum if update else -1.0, eps, int(relu), _ptr(mean), _ptr(invstd),
+            _ptr(running_var), momentum if update else -1.0, eps, *ACTS[act], _ptr(mean), _ptr(invstd),
         )  # fmt: skip
-        # With a residual the ReLU mask depends on it, so backward reads the output; without, it recomputes the mask.
+        # With a residual the activation's mask depends on it, so backward reads the output; else it recomputes it.
         ctx.save_for_backward(x, weight, bias, mean, invstd, y if residual is not None else None)
-        ctx.relu, ctx.has_residual = relu, residual is not None
+        ctx.act, ctx.has_residual = act, residual is not None
         return y
 
     @staticmethod
@@ -118,9 +127,9 @@ class _BatchNormAct(torch.autograd.Function):
         dweight, dbias = torch.empty(c), torch.empty(c)
         lib.bn_act_backward(
             _ptr(grad_out), _ptr(x), _ptr(y), _ptr(g), _ptr(dx), n * h * w, c, _ptr(weight), _ptr(bias),
-            _ptr(mean), _ptr(invstd), int(ctx.relu), _ptr(dweight), _ptr(dbias),
+            _ptr(mean), _ptr(invstd), *ACTS[ctx.act], _ptr(dweight), _ptr(dbias),
         )  # fmt: skip
-        if not ctx.relu and ctx.has_residual:
+        if ctx.act is None and ctx.has_residual:
             g = grad_out
         return dx, dweight, dbias, None, None, None, None, g, None
 
@@ -142,14 +151,14 @@ def _fusable(bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None)
 
 
 def bn_act(
-    bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = True
+    bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None = None, act: str | None = "relu"
 ) -> torch.Tensor:
-    """relu(bn(x) + residual), fused when `_fusable`, else PyTorch's ops exactly as the eager blocks run them."""
+    """act(bn(x) + residual), fused when `_fusable`, else PyTorch's ops exactly as the eager blocks run them."""
     if not _fusable(bn, x, residual):
         out = bn(x)
         if residual is not None:
             out += residual
-        return F.relu(out, inplace=True) if relu else out
+        return ACT_FN[act](out, inplace=True) if act else out
     if residual is not None:
         residual = residual.contiguous(memory_format=torch.channels_last)
     # BatchNorm2d.forward's bookkeeping: count the batch, and momentum None means a cumulative average.
@@ -160,7 +169,7 @@ def bn_act(
             momentum = 1.0 / float(bn.num_batches_tracked)
     running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
     with torch.autocast("cpu", enabled=False):
-        return _BatchNormAct.apply(x, bn.weight, bn.bias, *running, momentum, bn.eps, residual, relu)
+        return _BatchNormAct.apply(x, bn.weight, bn.bias, *running, momentum, bn.eps, residual, act)
 
 
 def _shortcut(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
@@ -169,7 +178,7 @@ def _shortcut(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
     if down is None:
         return x
     if isinstance(down, nn.Sequential) and len(down) == 2 and type(down[1]) is nn.BatchNorm2d:
-        return bn_act(down[1], down[0](x), relu=False)
+        return bn_act(down[1], down[0](x), act=None)
     return down(x)
 
 
@@ -207,22 +216,57 @@ class FusedCifarBasicBlock(CifarBasicBlock):
         return bn_act(self.bn2, self.conv2(out), self.shortcut(x) if self.residual else None)
 
 
+class FusedConvBNAct(ConvBNAct):
+    """MobileNet's conv + BatchNorm + ReLU/ReLU6 with the last two through `bn_act`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn, act = self
+        return bn_act(bn, conv(x), act=ACT_OF[type(act)])
+
+
+class FusedInvertedResidual(InvertedResidual):
+    """MobileNetV2's block: the projection's BatchNorm takes the shortcut add (no activation, a linear bottleneck)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *body, bn = self.conv
+        out = x
+        for layer in body:
+            out = layer(out)
+        return bn_act(bn, out, x if self.use_res_connect else None, act=None)
+
+
+class FusedBasicConv2d(BasicConv2d):
+    """GoogLeNet's conv + BatchNorm + ReLU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bn_act(self.bn, self.conv(x))
+
+
 FUSED = {
     BasicBlock: FusedBasicBlock,
     Bottleneck: FusedBottleneck,
     ResNet: FusedResNet,
     CifarBasicBlock: FusedCifarBasicBlock,
+    InvertedResidual: FusedInvertedResidual,
+    BasicConv2d: FusedBasicConv2d,
 }
 
 
+def _fused_class(module: nn.Module) -> type[nn.Module] | None:
+    if type(module) is ConvBNAct:  # only with an activation the kernels know
+        return FusedConvBNAct if type(module[2]) in ACT_OF else None
+    return FUSED.get(type(module))
+
+
 def enable_fused_bn_act(model: nn.Module) -> int:
-    """Switch a ResNet's stem and blocks (a CIFAR ResNet's blocks) to the fused forward in place; returns how many
+    """Switch a model's BatchNorm(+add)(+ReLU) units to the fused forward in place: ResNet's stem, blocks and
+    shortcuts, the CIFAR ResNets' blocks, MobileNet's conv units and V2 blocks, GoogLeNet's convs. Returns how many
     modules changed (0 when the kernels cannot be built, or for other architectures)."""
     if load_library() is None:
         return 0
     count = 0
     for module in model.modules():
-        fused = FUSED.get(type(module))
+        fused = _fused_class(module)
         if fused is not None:
             module.__class__ = fused  # same parameters, buffers and state_dict keys; only forward differs
             count += 1
