@@ -1,13 +1,14 @@
-/* Training-mode BatchNorm fused with the residual add and ReLU (or ReLU6), for bf16 channels_last tensors on the CPU.
+/* Training-mode BatchNorm fused with the residual add and ReLU (or ReLU6), for channels_last tensors on the CPU.
  *
  * A channels_last (N, C, H, W) tensor is a row-major (M, C) matrix with M = N*H*W, so every kernel here walks rows
  * and vectorises over channels. Eager PyTorch makes separate passes over memory for BatchNorm's statistics, its
  * normalisation, the residual add, the ReLU, and again in backward for the ReLU mask and BatchNorm's two passes;
  * these kernels make two passes each way (see bn_act.py for the measured effect).
  *
- * bf16 values travel as uint16_t; arithmetic is fp32, sums are flushed to per-thread double accumulators every
- * FLUSH rows and combined in thread order, so results do not depend on scheduling (exact resume relies on that).
- * Built by bn_act.py with `gcc -O3 -march=native -fopenmp`; OpenMP resolves to the libgomp PyTorch already loaded.
+ * Built twice by bn_act.py with `gcc -O3 -march=native -fopenmp`: for bf16 tensors (elements travel as uint16_t) and,
+ * with -DBN_ACT_FP32, for fp32 ones. Arithmetic is fp32 either way; sums are flushed to per-thread double accumulators
+ * every FLUSH rows and combined in thread order, so results do not depend on scheduling (exact resume relies on that).
+ * OpenMP resolves to the libgomp PyTorch already loaded.
  */
 #include <math.h>
 #include <omp.h>
@@ -17,20 +18,28 @@
 
 #define FLUSH 64
 
-static inline float bf2f(uint16_t h) {
+#ifdef BN_ACT_FP32
+typedef float elem_t;
+static inline float ld(elem_t v) { return v; }
+static inline elem_t st(float f) { return f; }
+#else
+typedef uint16_t elem_t; /* bfloat16 bits */
+
+static inline float ld(elem_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
     memcpy(&f, &u, 4);
     return f;
 }
 
-static inline uint16_t f2bf(float f) { /* round to nearest even, as PyTorch's float -> bfloat16 */
+static inline elem_t st(float f) { /* round to nearest even, as PyTorch's float -> bfloat16 */
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (elem_t)((u >> 16) | 0x40u); /* quiet NaN */
     u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    return (elem_t)(u >> 16);
 }
+#endif
 
 /* The activation, ReLU (upper = infinity) or ReLU6 (upper = 6), and where its gradient passes: 0 < v < upper. */
 static inline float clampf(float v, float upper) { return v < 0.f ? 0.f : (v > upper ? upper : v); }
@@ -65,16 +74,16 @@ static void merge(const double *part, int nthreads, int64_t c, double *out) {
         for (int64_t j = 0; j < c; j++) out[j] += part[t * c + j];
 }
 
-/* Forward. x, res (nullable), y: (M, C) bf16. weight, bias, running stats: (C) fp32. momentum < 0 leaves the
+/* Forward. x, res (nullable), y: (M, C) elements. weight, bias, running stats: (C) fp32. momentum < 0 leaves the
  * running statistics alone. Writes save_mean and save_invstd (C) for backward. */
-void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t m, int64_t c, const float *weight,
+void bn_act_forward(const elem_t *x, const elem_t *res, elem_t *y, int64_t m, int64_t c, const float *weight,
                     const float *bias, float *running_mean, float *running_var, float momentum, float eps, int act,
                     float upper, float *save_mean, float *save_invstd) {
     int nt = threads_for(m, c);
     double *s1 = calloc((size_t)(nt * c), sizeof(double)), *s2 = calloc((size_t)(nt * c), sizeof(double));
     float *shift0 = malloc(sizeof(float) * c), *scale = malloc(sizeof(float) * c), *shift = malloc(sizeof(float) * c);
     /* Sums of (x - x[0]) rather than x: keeps var = E[d^2] - E[d]^2 accurate when the mean is large. */
-    for (int64_t j = 0; j < c; j++) shift0[j] = bf2f(x[j]);
+    for (int64_t j = 0; j < c; j++) shift0[j] = ld(x[j]);
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num();
@@ -83,10 +92,10 @@ void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t
         float *a = calloc((size_t)c, sizeof(float)), *b = calloc((size_t)c, sizeof(float));
         double *d1 = s1 + t * c, *d2 = s2 + t * c;
         for (int64_t r = lo; r < hi; r++) {
-            const uint16_t *xr = x + r * c;
+            const elem_t *xr = x + r * c;
 #pragma omp simd
             for (int64_t j = 0; j < c; j++) {
-                float v = bf2f(xr[j]) - shift0[j];
+                float v = ld(xr[j]) - shift0[j];
                 a[j] += v;
                 b[j] += v * v;
             }
@@ -116,20 +125,20 @@ void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t
     }
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t r = 0; r < m; r++) {
-        const uint16_t *xr = x + r * c;
-        const uint16_t *rr = res ? res + r * c : NULL;
-        uint16_t *yr = y + r * c;
+        const elem_t *xr = x + r * c;
+        const elem_t *rr = res ? res + r * c : NULL;
+        elem_t *yr = y + r * c;
         if (rr) {
 #pragma omp simd
             for (int64_t j = 0; j < c; j++) {
-                float v = bf2f(xr[j]) * scale[j] + shift[j] + bf2f(rr[j]);
-                yr[j] = f2bf(act ? clampf(v, upper) : v);
+                float v = ld(xr[j]) * scale[j] + shift[j] + ld(rr[j]);
+                yr[j] = st(act ? clampf(v, upper) : v);
             }
         } else {
 #pragma omp simd
             for (int64_t j = 0; j < c; j++) {
-                float v = bf2f(xr[j]) * scale[j] + shift[j];
-                yr[j] = f2bf(act ? clampf(v, upper) : v);
+                float v = ld(xr[j]) * scale[j] + shift[j];
+                yr[j] = st(act ? clampf(v, upper) : v);
             }
         }
     }
@@ -142,10 +151,10 @@ void bn_act_forward(const uint16_t *x, const uint16_t *res, uint16_t *y, int64_t
     free(shift);
 }
 
-/* Backward. dy, x: (M, C) bf16. The activation's mask is recomputed from x when y is NULL, else read from y (the residual
- * case, where the mask depends on the residual too); then g = masked dy is also written to g_out, the residual's
- * gradient. Writes dx (bf16) and dweight, dbias (fp32). */
-void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, uint16_t *g_out, uint16_t *dx,
+/* Backward. dy, x: (M, C) elements. The activation's mask is recomputed from x when y is NULL, else read from y
+ * (the residual case, where the mask depends on the residual too); then g = masked dy is also written to g_out, the
+ * residual's gradient. Writes dx and dweight, dbias (fp32). */
+void bn_act_backward(const elem_t *dy, const elem_t *x, const elem_t *y, elem_t *g_out, elem_t *dx,
                      int64_t m, int64_t c, const float *weight, const float *bias, const float *save_mean,
                      const float *save_invstd, int act, float upper, float *dweight, float *dbias) {
     int nt = threads_for(m, c);
@@ -164,22 +173,22 @@ void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, u
         float *a = calloc((size_t)c, sizeof(float)), *b = calloc((size_t)c, sizeof(float));
         double *d1 = s1 + t * c, *d2 = s2 + t * c;
         for (int64_t r = lo; r < hi; r++) {
-            const uint16_t *dyr = dy + r * c, *xr = x + r * c;
+            const elem_t *dyr = dy + r * c, *xr = x + r * c;
             if (from_y) {
-                const uint16_t *yr = y + r * c;
-                uint16_t *gr = g_out + r * c;
+                const elem_t *yr = y + r * c;
+                elem_t *gr = g_out + r * c;
 #pragma omp simd
                 for (int64_t j = 0; j < c; j++) {
-                    float g = passes(bf2f(yr[j]), upper) ? bf2f(dyr[j]) : 0.f;
-                    gr[j] = f2bf(g);
+                    float g = passes(ld(yr[j]), upper) ? ld(dyr[j]) : 0.f;
+                    gr[j] = st(g);
                     a[j] += g;
-                    b[j] += g * (bf2f(xr[j]) - save_mean[j]);
+                    b[j] += g * (ld(xr[j]) - save_mean[j]);
                 }
             } else {
 #pragma omp simd
                 for (int64_t j = 0; j < c; j++) {
-                    float xv = bf2f(xr[j]);
-                    float g = (recompute && !passes(xv * scale[j] + shift[j], upper)) ? 0.f : bf2f(dyr[j]);
+                    float xv = ld(xr[j]);
+                    float g = (recompute && !passes(xv * scale[j] + shift[j], upper)) ? 0.f : ld(dyr[j]);
                     a[j] += g;
                     b[j] += g * (xv - save_mean[j]);
                 }
@@ -206,19 +215,19 @@ void bn_act_backward(const uint16_t *dy, const uint16_t *x, const uint16_t *y, u
     }
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t r = 0; r < m; r++) {
-        const uint16_t *xr = x + r * c;
-        uint16_t *dxr = dx + r * c;
+        const elem_t *xr = x + r * c;
+        elem_t *dxr = dx + r * c;
         if (from_y) {
-            const uint16_t *gr = g_out + r * c;
+            const elem_t *gr = g_out + r * c;
 #pragma omp simd
-            for (int64_t j = 0; j < c; j++) dxr[j] = f2bf(ka[j] * bf2f(gr[j]) + kb[j] * bf2f(xr[j]) + kc[j]);
+            for (int64_t j = 0; j < c; j++) dxr[j] = st(ka[j] * ld(gr[j]) + kb[j] * ld(xr[j]) + kc[j]);
         } else {
-            const uint16_t *dyr = dy + r * c;
+            const elem_t *dyr = dy + r * c;
 #pragma omp simd
             for (int64_t j = 0; j < c; j++) {
-                float xv = bf2f(xr[j]);
-                float g = (recompute && !passes(xv * scale[j] + shift[j], upper)) ? 0.f : bf2f(dyr[j]);
-                dxr[j] = f2bf(ka[j] * g + kb[j] * xv + kc[j]);
+                float xv = ld(xr[j]);
+                float g = (recompute && !passes(xv * scale[j] + shift[j], upper)) ? 0.f : ld(dyr[j]);
+                dxr[j] = st(ka[j] * g + kb[j] * xv + kc[j]);
             }
         }
     }

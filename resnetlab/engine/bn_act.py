@@ -55,15 +55,20 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-@functools.lru_cache(maxsize=1)
-def load_library() -> ctypes.CDLL | None:
-    """The compiled kernels, building them on first use; None where they cannot be built or are turned off."""
+# The element types the kernels are built for, and the extra compiler flags of each build.
+BUILDS: dict[torch.dtype, list[str]] = {torch.bfloat16: [], torch.float32: ["-DBN_ACT_FP32"]}
+
+
+@functools.lru_cache(maxsize=len(BUILDS))
+def load_library(dtype: torch.dtype = torch.bfloat16) -> ctypes.CDLL | None:
+    """The kernels for `dtype` tensors, built on first use; None where they cannot be built or are turned off."""
     if os.environ.get("RESNETLAB_FUSED_BN", "1") == "0" or platform.system() != "Linux":
         return None
     cc = shutil.which(os.environ.get("CC", "gcc"))
     if cc is None:
         return None
     flags = ["-O3", "-march=native", *VECTOR_FLAGS.get(platform.machine(), []), "-fopenmp", "-shared", "-fPIC"]
+    flags += BUILDS[dtype]
     # -march=native code is only valid on this kind of CPU: its flags are part of the key, with the build's own.
     parts = [SOURCE.read_bytes(), cc.encode(), " ".join(flags).encode(), _cpu_flags().encode()]
     path = cache_dir() / f"bn_act-{hashlib.sha256(b'|'.join(parts)).hexdigest()[:16]}.so"
@@ -98,11 +103,11 @@ ACT_OF = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 
 
 class _BatchNormAct(torch.autograd.Function):
-    """act(batch_norm(x) + residual) in training mode; x and residual bf16 channels_last, parameters fp32."""
+    """act(batch_norm(x) + residual) in training mode; x and residual bf16 or fp32 channels_last, parameters fp32."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, residual, act):
-        lib = load_library()
+        lib = load_library(x.dtype)
         n, c, h, w = x.shape
         y = torch.empty_like(x, memory_format=torch.channels_last)
         mean, invstd = torch.empty(c), torch.empty(c)
@@ -119,7 +124,7 @@ class _BatchNormAct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, mean, invstd, y = ctx.saved_tensors
-        lib = load_library()
+        lib = load_library(x.dtype)
         n, c, h, w = x.shape
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         dx = torch.empty_like(x, memory_format=torch.channels_last)
@@ -139,14 +144,14 @@ def _fusable(bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None)
         bn.training
         and torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and x.dtype == torch.bfloat16
+        and x.dtype in BUILDS
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
         and x.shape[0] * x.shape[2] * x.shape[3] > 1  # one value per channel: PyTorch's own error, not a silent 0 var
-        and (residual is None or (residual.dtype == torch.bfloat16 and residual.shape == x.shape))
+        and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape))
         and bn.affine
         and bn.weight.dtype == torch.float32
-        and load_library() is not None
+        and load_library(x.dtype) is not None
     )
 
 
@@ -262,7 +267,7 @@ def enable_fused_bn_act(model: nn.Module) -> int:
     """Switch a model's BatchNorm(+add)(+ReLU) units to the fused forward in place: ResNet's stem, blocks and
     shortcuts, the CIFAR ResNets' blocks, MobileNet's conv units and V2 blocks, GoogLeNet's convs. Returns how many
     modules changed (0 when the kernels cannot be built, or for other architectures)."""
-    if load_library() is None:
+    if all(load_library(dtype) is None for dtype in BUILDS):
         return 0
     count = 0
     for module in model.modules():

@@ -377,12 +377,14 @@ class Trainer:
             model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
         self.model = self.precision.prepare_model(model)
         self.fused_bn = 0  # modules running BatchNorm + add + ReLU through engine/bn_act.c
-        if self.precision.device.type == "cpu" and self.precision.amp_dtype == torch.bfloat16 and not cfg.compile:
+        if self.precision.device.type == "cpu" and not cfg.compile:
             from resnetlab.engine.bn_act import enable_fused_bn_act
             from resnetlab.engine.conv_wgrad import enable_gemm_weight_grad
 
-            enable_gemm_weight_grad(self.model)  # 1.2x faster ResNet-18 steps at 96 px (benchmarks/RESULTS.md)
-            self.fused_bn = enable_fused_bn_act(self.model)  # ResNet-50 steps 1.27-1.36x faster, ResNet-18 1.12x
+            if self.precision.amp_dtype == torch.bfloat16:
+                enable_gemm_weight_grad(self.model)  # 1.2x faster ResNet-18 steps at 96 px (benchmarks/RESULTS.md)
+            # bf16 and fp32: ResNet-50 steps 1.27-1.36x faster in bf16, ResNet-18 1.12x (benchmarks/RESULTS.md)
+            self.fused_bn = enable_fused_bn_act(self.model)
         self.ema = None
         if cfg.ema:
             from resnetlab.engine.ema import ModelEma
