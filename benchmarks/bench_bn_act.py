@@ -1,12 +1,13 @@
 """Whole training steps with PyTorch's BatchNorm/add/ReLU against the fused kernels (`resnetlab/engine/bn_act.c`).
 
-Both models are the same ResNet (same weights, channels_last, bf16 autocast, GEMM weight gradients, fused AdamW, the
-allocator setting `fit` uses); they differ only in `enable_fused_bn_act`. Steps alternate between the two in one
-process, so machine drift hits both; the best of each round is reported with the ratio.
+Both models are the same network (same weights, channels_last, bf16 autocast with GEMM weight gradients or `--fp32`,
+fused AdamW, the allocator setting `fit` uses); they differ only in `enable_fused_bn_act`. Steps alternate between the
+two in one process, so machine drift hits both; the best of each round is reported with the ratio.
 
     .venv/bin/python benchmarks/bench_bn_act.py                          # ResNet-50 at 224 (batch 32), ResNet-18 at 96
     .venv/bin/python benchmarks/bench_bn_act.py --cases resnet50:32:224 --rounds 5
     .venv/bin/python benchmarks/bench_bn_act.py --cases mobilenet_v2:32:224,googlenet:32:224,resnet20:128:32
+    .venv/bin/python benchmarks/bench_bn_act.py --fp32                   # what a CPU without bf16 trains in
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cases", default="resnet50:32:224,resnet18:64:96", help="model:batch:size, comma-separated")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="timed steps per model per round")
+    p.add_argument("--fp32", action="store_true", help="fp32 steps (what CPUs without bf16 train in), no autocast")
     return p.parse_args(argv)
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> Callable[[], None]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(x)
             outs = list(out) if isinstance(out, tuple) else [out]  # GoogLeNet: logits and two auxiliary heads
             loss = sum(w * nn.functional.cross_entropy(o, y) for w, o in zip([1.0, 0.3, 0.3], outs) if o is not None)
@@ -48,15 +50,16 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[]
     return step
 
 
-def bench_case(name: str, batch: int, size: int, rounds: int, steps: int) -> None:
+def bench_case(name: str, batch: int, size: int, rounds: int, steps: int, bf16: bool) -> None:
     torch.manual_seed(0)
     eager = create_model(name, num_classes=6).to(memory_format=torch.channels_last).train()
-    enable_gemm_weight_grad(eager)
+    if bf16:
+        enable_gemm_weight_grad(eager)  # as `fit` does
     fused = copy.deepcopy(eager)
     switched = enable_fused_bn_act(fused)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 6, (batch,))
-    runs = {"pytorch": make_step(eager, x, y), "fused": make_step(fused, x, y)}
+    runs = {"pytorch": make_step(eager, x, y, bf16), "fused": make_step(fused, x, y, bf16)}
     for step in runs.values():  # warm-up: oneDNN primitives, allocator
         step()
         step()
@@ -82,12 +85,14 @@ def bench_case(name: str, batch: int, size: int, rounds: int, steps: int) -> Non
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     keep_freed_memory()
-    if load_library() is None:
+    dtype = torch.float32 if args.fp32 else torch.bfloat16
+    if load_library(dtype) is None:
         raise SystemExit("the fused kernels could not be built (no gcc?) or RESNETLAB_FUSED_BN=0 is set")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast, channels_last", flush=True)
+    mode = "fp32" if args.fp32 else "bf16 autocast"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {mode}, channels_last", flush=True)
     for case in args.cases.split(","):
         name, batch, size = case.split(":")
-        bench_case(name, int(batch), int(size), args.rounds, args.steps)
+        bench_case(name, int(batch), int(size), args.rounds, args.steps, bf16=not args.fp32)
 
 
 if __name__ == "__main__":
