@@ -1,15 +1,15 @@
-"""BatchNorm + residual add + ReLU (or ReLU6) in one kernel for bf16 training on the CPU.
+"""BatchNorm + residual add + ReLU (or ReLU6) in one kernel for training on the CPU, in bf16 or fp32.
 
 In a ResNet training step under CPU bf16 autocast, half the time is not convolution: BatchNorm's forward and
 backward, the ReLUs and their masks, and the residual adds each stream whole activation tensors through memory.
 `bn_act.c` does BatchNorm's statistics and normalisation with the add and ReLU in two passes forward, and the masked
 BatchNorm gradient in two passes backward (the ReLU mask is recomputed from the input instead of being read).
 
-The C file is compiled once per machine with the system's gcc (about half a second) into the user's cache folder,
-and loaded with ctypes; where no compiler is found or the build fails, training uses PyTorch's own ops, unchanged.
-`enable_fused_bn_act(model)` switches a ResNet's stem and blocks over in place: parameters, buffers and state_dict
-keys stay the same, and the fused path runs only when training under CPU bf16 autocast on channels_last tensors.
-Set RESNETLAB_FUSED_BN=0 to turn it off.
+The C file is compiled once per machine and element type with the system's gcc (about half a second each) into the
+user's cache folder, and loaded with ctypes; where no compiler is found or the build fails, training uses PyTorch's
+own ops, unchanged. `enable_fused_bn_act(model)` switches a model's units over in place: parameters, buffers and
+state_dict keys stay the same, and the fused path runs only in training mode, on the CPU, for bf16 or fp32
+channels_last tensors. Set RESNETLAB_FUSED_BN=0 to turn it off.
 """
 
 from __future__ import annotations
