@@ -209,6 +209,18 @@ def test_build_goes_to_the_cache_folder_and_can_be_turned_off(tmp_path, monkeypa
         load_library.cache_clear()
 
 
+def test_unwritable_cache_falls_back_to_pytorch(monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the cache folder cannot be created under a file
+    load_library.cache_clear()
+    try:
+        assert load_library() is None
+        assert enable_fused_bn_act(create_model("resnet18", num_classes=3)) == 0
+    finally:
+        load_library.cache_clear()
+
+
 def test_no_compiler_falls_back_to_pytorch(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CC", "no-such-compiler")
