@@ -1,4 +1,4 @@
-"""Where shared data lives: one helper, so tests and benchmarks read `../shared` the same way."""
+"""Where shared data and resnetlab's own cache live: one helper each, so every module resolves them the same way."""
 
 from __future__ import annotations
 
@@ -17,3 +17,12 @@ def shared_dir() -> Path:
 def shared_path(*parts: str) -> Path:
     """A path inside the shared data folder, e.g. `shared_path("datasets", "trashnet")`."""
     return shared_dir().joinpath(*parts)
+
+
+CACHE_ENV = "RESNETLAB_CACHE"
+
+
+def cache_root() -> Path:
+    """resnetlab's cache folder (datasets, compiled kernels): env `RESNETLAB_CACHE`, else `~/.cache/resnetlab`."""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "resnetlab"

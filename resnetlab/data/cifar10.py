@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from resnetlab.errors import ResnetlabError
+from resnetlab.paths import CACHE_ENV, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ META = "batches.meta"
 IMAGES_DIR = "images"  # the materialised class folders, inside the cache folder
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-CACHE_ENV = "RESNETLAB_CACHE"  # cache root; CIFAR-10 lives in its `cifar10/` sub-folder
 URL_ENV = "RESNETLAB_CIFAR10_URL"  # mirror or local test server
 MD5_ENV = "RESNETLAB_CIFAR10_MD5"  # the md5 of what URL_ENV serves, when it is not the official file
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -192,9 +192,7 @@ def read_cifar10(source: str | os.PathLike) -> Cifar10Arrays:
 
 def cache_dir() -> Path:
     """Where CIFAR-10 is kept: `$RESNETLAB_CACHE/cifar10`, else `~/.cache/resnetlab/cifar10`."""
-    root = os.environ.get(CACHE_ENV)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "resnetlab"
-    return base / NAME
+    return cache_root() / NAME
 
 
 def md5_file(path: str | os.PathLike) -> str:

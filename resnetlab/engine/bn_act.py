@@ -5,11 +5,12 @@ backward, the ReLUs and their masks, and the residual adds each stream whole act
 `bn_act.c` does BatchNorm's statistics and normalisation with the add and ReLU in two passes forward, and the masked
 BatchNorm gradient in two passes backward (the ReLU mask is recomputed from the input instead of being read).
 
-The C file is compiled once per machine and element type with the system's gcc (about half a second each) into the
-user's cache folder, and loaded with ctypes; where no compiler is found or the build fails, training uses PyTorch's
-own ops, unchanged. `enable_fused_bn_act(model)` switches a model's units over in place: parameters, buffers and
-state_dict keys stay the same, and the fused path runs only in training mode, on the CPU, for bf16 or fp32
-channels_last tensors. Set RESNETLAB_FUSED_BN=0 to turn it off.
+The C file is compiled once per machine and element type with the system's gcc (about half a second each) into
+resnetlab's cache folder (`$RESNETLAB_CACHE/kernels`, default `~/.cache/resnetlab/kernels`) and loaded with ctypes;
+where no compiler is found or the build fails, training uses PyTorch's own ops, unchanged.
+`enable_fused_bn_act(model)` switches a model's units over in place: parameters, buffers and state_dict keys stay
+the same, and the fused path runs only in training mode, on the CPU, for bf16 or fp32 channels_last tensors. Set
+RESNETLAB_FUSED_BN=0 to turn it off.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnetlab.engine.precision import cpu_flags
 from resnetlab.models.cifar_resnet import CifarBasicBlock
 from resnetlab.models.googlenet import BasicConv2d
 from resnetlab.models.mobilenet import ConvBNAct, InvertedResidual
 from resnetlab.models.resnet import BasicBlock, Bottleneck, ResNet
+from resnetlab.paths import cache_root
 
 SOURCE = Path(__file__).with_name("bn_act.c")
 _p, _i64, _f32, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
@@ -41,18 +44,7 @@ VECTOR_FLAGS: dict[str, list[str]] = {"x86_64": ["-mprefer-vector-width=512"]}
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "resnetlab" / "kernels"
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
+    return cache_root() / "kernels"
 
 
 # The element types the kernels are built for, and the extra compiler flags of each build.
@@ -70,7 +62,7 @@ def load_library(dtype: torch.dtype = torch.bfloat16) -> ctypes.CDLL | None:
     flags = ["-O3", "-march=native", *VECTOR_FLAGS.get(platform.machine(), []), "-fopenmp", "-shared", "-fPIC"]
     flags += BUILDS[dtype]
     # -march=native code is only valid on this kind of CPU: its flags are part of the key, with the build's own.
-    parts = [SOURCE.read_bytes(), cc.encode(), " ".join(flags).encode(), _cpu_flags().encode()]
+    parts = [SOURCE.read_bytes(), cc.encode(), " ".join(flags).encode(), (cpu_flags() or platform.processor()).encode()]
     path = cache_dir() / f"bn_act-{hashlib.sha256(b'|'.join(parts)).hexdigest()[:16]}.so"
     if not path.exists():
         try:

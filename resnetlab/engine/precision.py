@@ -15,6 +15,16 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 @functools.lru_cache(maxsize=1)
+def cpu_flags() -> str:
+    """The CPU's feature flags as Linux lists them in /proc/cpuinfo ("" where that cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
     try:
@@ -22,11 +32,7 @@ def cpu_supports_bf16() -> bool:
             return False
     except (AttributeError, RuntimeError):
         return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
+    flags = cpu_flags()
     # oneDNN emulates bf16 on plain AVX-512, which is slower than fp32: require the native instructions.
     return "avx512_bf16" in flags or "amx_bf16" in flags
 

@@ -195,11 +195,11 @@ def test_one_value_per_channel_raises_as_batchnorm_does():
 
 
 def test_build_goes_to_the_cache_folder_and_can_be_turned_off(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path))
     load_library.cache_clear()
     try:
         assert load_library() is not None
-        assert len(list((tmp_path / "resnetlab" / "kernels").glob("bn_act-*.so"))) == 1
+        assert len(list((tmp_path / "kernels").glob("bn_act-*.so"))) == 1
         monkeypatch.setenv("RESNETLAB_FUSED_BN", "0")
         load_library.cache_clear()
         assert load_library() is None
@@ -212,7 +212,7 @@ def test_build_goes_to_the_cache_folder_and_can_be_turned_off(tmp_path, monkeypa
 def test_unwritable_cache_falls_back_to_pytorch(monkeypatch, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the cache folder cannot be created under a file
+    monkeypatch.setenv("RESNETLAB_CACHE", str(blocker))  # the cache folder cannot be created under a file
     load_library.cache_clear()
     try:
         assert load_library() is None
@@ -222,7 +222,7 @@ def test_unwritable_cache_falls_back_to_pytorch(monkeypatch, tmp_path):
 
 
 def test_no_compiler_falls_back_to_pytorch(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "no-such-compiler")
     load_library.cache_clear()
     try:
