@@ -109,8 +109,10 @@ class _BatchNormAct(torch.autograd.Function):
             _ptr(running_var), momentum if update else -1.0, eps, *ACTS[act], _ptr(mean), _ptr(invstd),
         )  # fmt: skip
         # With a residual the activation's mask depends on it, so backward reads the output; else it recomputes it.
-        ctx.save_for_backward(x, weight, bias, mean, invstd, y if residual is not None else None)
-        ctx.act, ctx.has_residual = act, residual is not None
+        # The kernel then writes the masked gradient, which is also the residual's; with no activation that is dy.
+        masked_residual = residual is not None and act is not None
+        ctx.save_for_backward(x, weight, bias, mean, invstd, y if masked_residual else None)
+        ctx.masked_residual, ctx.has_residual, ctx.act = masked_residual, residual is not None, act
         return y
 
     @staticmethod
@@ -120,13 +122,13 @@ class _BatchNormAct(torch.autograd.Function):
         n, c, h, w = x.shape
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         dx = torch.empty_like(x, memory_format=torch.channels_last)
-        g = torch.empty_like(x, memory_format=torch.channels_last) if ctx.has_residual else None
+        g = torch.empty_like(x, memory_format=torch.channels_last) if ctx.masked_residual else None
         dweight, dbias = torch.empty(c), torch.empty(c)
         lib.bn_act_backward(
             _ptr(grad_out), _ptr(x), _ptr(y), _ptr(g), _ptr(dx), n * h * w, c, _ptr(weight), _ptr(bias),
             _ptr(mean), _ptr(invstd), *ACTS[ctx.act], _ptr(dweight), _ptr(dbias),
         )  # fmt: skip
-        if ctx.act is None and ctx.has_residual:
+        if ctx.has_residual and not ctx.masked_residual:
             g = grad_out
         return dx, dweight, dbias, None, None, None, None, g, None
 
