@@ -101,7 +101,7 @@ def test_running_statistics_match_batchnorm(momentum):
     torch.testing.assert_close(fused.running_var, eager.running_var, rtol=1e-5, atol=1e-6)
 
 
-def _resnet_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = True) -> dict[str, torch.Tensor]:
+def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = True) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     torch.manual_seed(0)  # the same dropout masks in every call
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -126,8 +126,8 @@ def test_fused_gradients_are_as_close_to_fp32_as_eager(name):
     enable_fused_bn_act(fused)
     x = torch.randn(16, 3, 64, 64).contiguous(memory_format=CL)  # large enough for the threaded kernels
     y = torch.randint(0, 5, (16,))
-    ref = _resnet_step(reference, x, y, bf16=False)
-    grads_e, grads_f = _resnet_step(eager, x, y), _resnet_step(fused, x, y)
+    ref = _train_step(reference, x, y, bf16=False)
+    grads_e, grads_f = _train_step(eager, x, y), _train_step(fused, x, y)
     # bf16 autocast alone moves a random network's gradients a long way from fp32 (36% for ResNet-18, 4% for
     # ResNet-20; ResNet-50's, MobileNet's and GoogLeNet's are ~100% off, so they are no yardstick), in a direction
     # that differs between any two bf16 programs, so single layers are too noisy to compare. All gradients together
@@ -146,15 +146,15 @@ def test_fp32_training_is_as_close_to_float64_as_pytorch(name):
     enable_fused_bn_act(fused)
     x = torch.randn(16, 3, 64, 64).contiguous(memory_format=CL)
     y = torch.randint(0, 5, (16,))
-    ref = _resnet_step(reference, x.double().contiguous(memory_format=CL), y, bf16=False)
-    grads_e, grads_f = _resnet_step(eager, x, y, bf16=False), _resnet_step(fused, x, y, bf16=False)
+    ref = _train_step(reference, x.double().contiguous(memory_format=CL), y, bf16=False)
+    grads_e, grads_f = _train_step(eager, x, y, bf16=False), _train_step(fused, x, y, bf16=False)
     flat = {k: torch.cat([g.flatten() for g in v.values()]) for k, v in [("e", grads_e), ("f", grads_f), ("r", ref)]}
     # Pre-activations within rounding of 0 fall on either side of the ReLU mask, so any fp32 run differs from float64
     # by ~0.1-1% here, the fused kernels sometimes closer than PyTorch's ops (0.29% vs 0.79%), sometimes not (0.40%
     # vs 0.16%). Both stay far below what a wrong kernel gives (tens of %).
     assert _rel(flat["e"], flat["r"]) < 0.02 and _rel(flat["f"], flat["r"]) < 0.02
     again = copy.deepcopy(fused)
-    g1, g2 = _resnet_step(fused, x, y, bf16=False), _resnet_step(again, x, y, bf16=False)
+    g1, g2 = _train_step(fused, x, y, bf16=False), _train_step(again, x, y, bf16=False)
     assert all(torch.equal(g1[n], g2[n]) for n in g1)
 
 
@@ -170,7 +170,7 @@ def test_fp32_training_is_as_close_to_float64_as_pytorch(name):
         ("googlenet", 59),  # every conv, the auxiliary heads' included
     ],
 )
-def test_fused_resnet_is_deterministic_and_evaluates_unchanged(name, switched):
+def test_fused_model_is_deterministic_and_evaluates_unchanged(name, switched):
     eager, fused = _models(name)
     assert enable_fused_bn_act(fused) == switched
     assert fused.state_dict().keys() == eager.state_dict().keys()
@@ -178,7 +178,7 @@ def test_fused_resnet_is_deterministic_and_evaluates_unchanged(name, switched):
     y = torch.randint(0, 5, (16,))
     # Same inputs, same state: bit-identical gradients and running statistics (exact resume depends on it).
     again = copy.deepcopy(fused)
-    g1, g2 = _resnet_step(fused, x, y), _resnet_step(again, x, y)
+    g1, g2 = _train_step(fused, x, y), _train_step(again, x, y)
     assert all(torch.equal(g1[n], g2[n]) for n in g1)
     assert all(torch.equal(a, b) for a, b in zip(fused.buffers(), again.buffers()))
     # Evaluation takes PyTorch's own path: identical outputs.
