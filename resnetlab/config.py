@@ -19,7 +19,7 @@ from resnetlab.errors import ResnetlabError
 
 # Choices shared by the CLI (argparse `choices`) and by validation of YAML values.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "opt": ("sgd", "adam", "adamw"),
+    "opt": ("auto", "sgd", "adam", "adamw", "muon"),
     "sched": ("cosine", "step", "multistep", "plateau", "onecycle", "constant"),
     "mode": ("finetune", "frozen", "staged"),
     "class_weights": ("none", "auto"),
@@ -31,10 +31,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Base learning rates at a global batch of 64 (scaled linearly for SGD, by the square root for Adam-style optimisers).
 # AdamW 1e-3 (2e-3 until 2026-11-27): over 5 TrashNet seeds 0.815 against 0.803 (never worse), over 5 hymenoptera
 # seeds 0.714 against 0.698 (benchmarks/RESULTS.md).
-BASE_LR: dict[str, float] = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
+# Muon's updates are rescaled to AdamW's RMS (engine/muon.py), so it shares AdamW's rate and decay.
+BASE_LR: dict[str, float] = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "muon": 1e-3}
 # Weight decay per optimizer: AdamW's decoupled decay and SGD's L2 penalty differ by ~100x in useful size (SGD at
 # AdamW's 0.05 barely trains: 0.50 train accuracy after 15 of 20 epochs on the TrashNet recipe).
-BASE_WD: dict[str, float] = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
+BASE_WD: dict[str, float] = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05, "muon": 0.05}
 REFERENCE_BATCH = 64
 
 
@@ -82,7 +83,7 @@ class TrainConfig:
     # --- optimisation
     epochs: int = _f(20, "number of epochs")
     batch_size: int = _f(64, "global batch size (split across processes under torchrun)")
-    opt: str = _f("adamw", "optimizer: sgd, adam, adamw")
+    opt: str = _f("auto", "optimizer: sgd, adam, adamw, muon; auto = muon from scratch, adamw with --pretrained")
     lr: float | None = _f(None, "peak learning rate (default: per optimizer, scaled with the batch size)")
     wd: float | None = _f(
         None, "weight decay, never applied to norm layers and biases (default: per optimizer, 0.05 adamw, 5e-4 sgd)"
@@ -168,14 +169,21 @@ class TrainConfig:
         if self.lr is not None:
             return self.lr
         ratio = self.batch_size / REFERENCE_BATCH
-        lr = BASE_LR[self.opt] * (ratio if self.opt == "sgd" else math.sqrt(ratio))
+        opt = self.resolved_opt()
+        lr = BASE_LR[opt] * (ratio if opt == "sgd" else math.sqrt(ratio))
         if self.pretrained and self.mode == "finetune":
             lr *= 0.25  # pretrained features need smaller steps than a fresh network
         return lr
 
     def resolved_wd(self) -> float:
         """`wd`, or the optimizer's own default (`BASE_WD`)."""
-        return BASE_WD[self.opt] if self.wd is None else self.wd
+        return BASE_WD[self.resolved_opt()] if self.wd is None else self.wd
+
+    def resolved_opt(self) -> str:
+        """`opt`, with `auto` resolved: Muon from scratch, AdamW to adapt pretrained weights (see BASE_LR)."""
+        if self.opt != "auto":
+            return self.opt
+        return "adamw" if self.pretrained else "muon"
 
     # ------------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:

@@ -437,7 +437,7 @@ class Trainer:
             f"{len(self.splits.val)} val images, {_px(model.default_cfg)}, "
             f"{self.precision.describe()}{', fused BN' if self.fused_bn else ''}, "
             f"batch {cfg.batch_size}{f' on {info.world_size} processes' if info.enabled else ''}, "
-            f"{cfg.opt} lr {self.lr:.2e} wd {self.wd:g} {cfg.sched}{f', EMA {cfg.ema}' if cfg.ema else ''}, "
+            f"{cfg.resolved_opt()} lr {self.lr:.2e} wd {self.wd:g} {cfg.sched}{f', EMA {cfg.ema}' if cfg.ema else ''}, "
             f"mode {cfg.mode}{' (cached features)' if self.cached else ''} "
             f"-> {self.run_dir}"
         )
@@ -452,7 +452,8 @@ class Trainer:
         pairs, self.eval_modules = configure_phase(self.model, kind, self.lr, cfg.lr_mult)
         trained = self.model.get_classifier() if self.cached else self.model
         self.train_model = _wrap(trained, cfg, self.info, self.precision)
-        self.optimizer = build_optimizer(cfg.opt, param_groups(pairs, self.wd), self.lr, cfg.momentum, cfg.nesterov)
+        groups = param_groups(pairs, self.wd)
+        self.optimizer = build_optimizer(cfg.resolved_opt(), groups, self.lr, cfg.momentum, cfg.nesterov)
         self.schedule = build_schedule(
             cfg.sched, self.optimizer, end - first, len(self.data.train_loader), cfg.warmup_epochs,
             cfg.min_lr_ratio, cfg.step_size, cfg.gamma, [m - first for m in cfg.milestones if m > first],

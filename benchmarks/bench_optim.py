@@ -1,0 +1,98 @@
+"""Training steps with fused AdamW against Muon (`resnetlab/engine/muon.py`), and the optimizer step alone.
+
+Both copies of the model start from the same weights and train as `fit` does on this CPU (channels_last, bf16 autocast
+with GEMM weight gradients and the fused BatchNorm kernels, or `--fp32`); they differ only in the optimizer. Steps
+alternate between the two in one process, so machine drift hits both; the best of each round is reported.
+
+    .venv/bin/python benchmarks/bench_optim.py                         # ResNet-18 at 96 px (the recipe), ResNet-50
+    .venv/bin/python benchmarks/bench_optim.py --cases resnet18:64:96 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from resnetlab.engine.allocator import keep_freed_memory
+from resnetlab.engine.bn_act import enable_fused_bn_act
+from resnetlab.engine.conv_wgrad import enable_gemm_weight_grad
+from resnetlab.engine.optim import build_optimizer, param_groups
+from resnetlab.models import create_model
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", default="resnet18:64:96,resnet50:32:224", help="model:batch:size, comma-separated")
+    p.add_argument("--opts", default="adamw,muon", help="optimizers to alternate, the first is the baseline")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per optimizer per round")
+    p.add_argument("--fp32", action="store_true", help="fp32 steps (what CPUs without bf16 train in), no autocast")
+    return p.parse_args(argv)
+
+
+def make_step(model: nn.Module, opt_name: str, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> tuple[Callable, ...]:
+    opt = build_optimizer(opt_name, param_groups([(model, 1e-3)], 0.05), 1e-3)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, opt.step
+
+
+def timed(fn: Callable[[], None], n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+
+
+def bench_case(name: str, batch: int, size: int, opts: list[str], rounds: int, steps: int, bf16: bool) -> None:
+    torch.manual_seed(0)
+    base = create_model(name, num_classes=6).to(memory_format=torch.channels_last).train()
+    if bf16:
+        enable_gemm_weight_grad(base)  # as `fit` does
+    enable_fused_bn_act(base)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 6, (batch,))
+    runs = {k: make_step(copy.deepcopy(base), k, x, y, bf16) for k in opts}
+    for step, _ in runs.values():  # warm-up: oneDNN primitives, allocator, optimizer state
+        step()
+        step()
+    best = {k: [float("inf"), float("inf")] for k in runs}
+    for r in range(rounds):
+        line = []
+        for k, (step, opt_step) in runs.items():
+            dt, dt_opt = timed(step, steps), timed(opt_step, steps)  # the lone optimizer steps reuse the last grads
+            best[k] = [min(best[k][0], dt), min(best[k][1], dt_opt)]
+            line.append(f"{k} {dt * 1000:.0f} ms (optimizer {dt_opt * 1000:.1f} ms)")
+        print(f"  round {r + 1}: " + ", ".join(line), flush=True)
+    ref = opts[0]
+    parts = [
+        f"{k} {batch / v[0]:.1f} img/s, step {v[1] * 1000:.1f} ms, {best[ref][0] / v[0]:.2f}x {ref}'s speed"
+        for k, v in best.items()
+    ]
+    print(f"{name} batch {batch} at {size} px: " + "; ".join(parts), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    keep_freed_memory()
+    mode = "fp32" if args.fp32 else "bf16 autocast"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {mode}, channels_last", flush=True)
+    opts = args.opts.split(",")
+    for case in args.cases.split(","):
+        name, batch, size = case.split(":")
+        bench_case(name, int(batch), int(size), opts, args.rounds, args.steps, bf16=not args.fp32)
+
+
+if __name__ == "__main__":
+    main()

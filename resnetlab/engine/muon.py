@@ -1,0 +1,137 @@
+"""Muon for convolution filters, AdamW for everything else, as one `torch.optim.Optimizer`.
+
+Muon (Jordan et al. 2024) replaces each filter bank's momentum update by the nearest semi-orthogonal matrix, found
+with a few Newton-Schulz iterations: every direction of the update moves by the same amount, so rarely-used
+directions learn as fast as dominant ones. A conv weight (out, in/groups, kh, kw) is treated as the matrix
+(out, in/groups * kh * kw). Depthwise filters (one input channel), norms, biases and the classifier head stay on
+AdamW, as in Muon's own recipe (hidden layers only).
+
+The update is rescaled by 0.2 * sqrt(max(rows, cols)) (Liu et al. 2025, "Muon is scalable"): its RMS then matches a
+typical AdamW update, so the AdamW learning rate and decoupled weight decay carry over unchanged, and one schedule
+drives both kinds of parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# The quintic Newton-Schulz coefficients of Muon's reference implementation: they push every singular value of a
+# Frobenius-normalised matrix into about [0.7, 1.2] in five steps, which is orthogonal enough for an update.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+
+
+def orthogonalize(g: Tensor, steps: int = NS_STEPS) -> Tensor:
+    """Approximately U V^T of g = U S V^T, for a 2-D g, by Newton-Schulz iteration in bf16."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.to(torch.bfloat16)
+    tall = x.size(0) > x.size(1)
+    if tall:  # iterate on the short side's Gram matrix: (m, m) with m = min(rows, cols)
+        x = x.T
+    x = x / (x.norm() + 1e-7)  # singular values <= 1, inside the iteration's basin
+    for _ in range(steps):
+        gram = x @ x.T  # (m, m)
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a x + (b G + c G^2) x
+    return x.T if tall else x
+
+
+def memory_order(p: Tensor) -> tuple[int, ...]:
+    """The dimension order in which a conv weight is laid out: (out, kh, kw, in) when channels_last.
+
+    Orthogonalisation commutes with permuting columns (the polar factor of X P is that of X, times P), so a filter
+    bank flattened in its memory order is as good a matrix as (out, in * kh * kw), and needs no copy.
+    """
+    if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+        return (0, 2, 3, 1)
+    return (0, 1, 2, 3)
+
+
+def is_muon_param(p: Tensor) -> bool:
+    """Conv filters with more than one input channel per group: the matrices Muon orthogonalises."""
+    return p.ndim == 4 and p.shape[1] * p.shape[2] * p.shape[3] > 1 and p.shape[1] > 1
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Nesterov momentum, orthogonalised) on conv filters, AdamW on the rest; per-group lr and weight_decay.
+
+    Groups are split on construction, each half flagged `muon` True or False, so schedulers that set `lr` on every
+    group drive both. Decay is decoupled: p <- p * (1 - lr * wd) for either kind.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[dict[str, Any]] | Iterable[Tensor],
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.95,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        ns_steps: int = NS_STEPS,
+    ) -> None:
+        groups = list(params)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        split = []
+        for group in groups:
+            params_ = list(group["params"])
+            for muon in (True, False):
+                chosen = [p for p in params_ if is_muon_param(p) == muon]
+                if chosen:
+                    split.append({**group, "params": chosen, "muon": muon})
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, betas=betas, eps=eps, ns_steps=ns_steps)
+        super().__init__(split, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
+            (self._muon_step if group["muon"] else self._adamw_step)(group, params)
+        return loss
+
+    def _muon_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        beta = group["momentum"]
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buf = state["momentum_buffer"]
+            buf.lerp_(p.grad, 1 - beta)
+            order = memory_order(p)
+            update = p.grad.lerp(buf, beta).permute(order).reshape(p.shape[0], -1)  # Nesterov, (out, fan_in)
+            scale = 0.2 * math.sqrt(max(update.shape))  # RMS of an AdamW update (see module docstring)
+            target = p.permute(order)  # a view: the update lands in p
+            target.add_(orthogonalize(update, group["ns_steps"]).view(target.shape), alpha=-group["lr"] * scale)
+
+    def _adamw_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        grads, exp_avgs, exp_avg_sqs = [p.grad for p in params], [], []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros(())
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+        steps = [float(self.state[p]["step"]) for p in params]
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_addcdiv_(params, exp_avgs, denom, [-group["lr"] / (1 - beta1**t) for t in steps])

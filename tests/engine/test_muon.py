@@ -1,0 +1,123 @@
+"""Muon (conv filters) + AdamW (the rest): against PyTorch's own optimizers, orthogonality, state round trip, config."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab.config import TrainConfig
+from resnetlab.engine.muon import Muon, is_muon_param, orthogonalize
+from resnetlab.engine.optim import build_optimizer, param_groups
+from resnetlab.models import create_model
+
+
+def _set_grads(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+def test_matches_torch_muon_on_filters_and_adamw_on_the_rest():
+    torch.manual_seed(0)
+    conv, head, bn = nn.Conv2d(8, 16, 3), nn.Linear(16, 4), nn.BatchNorm2d(16)
+    ours = [conv.weight, head.weight, conv.bias, head.bias, bn.weight]
+    ref = [p.detach().clone().requires_grad_() for p in ours]
+    ref_filter = ref[0].detach().reshape(16, -1).clone().requires_grad_()  # PyTorch's Muon takes 2-D matrices only
+    opt = Muon([{"params": ours[:2], "weight_decay": 0.1}, {"params": ours[2:], "weight_decay": 0.0}], lr=1e-2)
+    muon = torch.optim.Muon([ref_filter], lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW(
+        [{"params": ref[1:2], "weight_decay": 0.1}, {"params": ref[2:], "weight_decay": 0.0}], lr=1e-2
+    )
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in ours]
+        _set_grads(ours, grads)
+        _set_grads(ref, grads)
+        ref_filter.grad = grads[0].reshape(16, -1).clone()
+        for o in (opt, muon, adamw):
+            o.step()
+    torch.testing.assert_close(conv.weight.detach().reshape(16, -1), ref_filter.detach(), rtol=0, atol=0)
+    for p, r in zip(ours[1:], ref[1:]):
+        torch.testing.assert_close(p.detach(), r.detach(), rtol=0, atol=0)
+    assert [g["muon"] for g in opt.param_groups] == [True, False, False]
+
+
+def test_channels_last_filters_update_like_contiguous_ones():
+    # channels_last weights are orthogonalised in their memory order (no copy); the result is the same update.
+    torch.manual_seed(0)
+    plain = nn.Conv2d(32, 64, 3, bias=False)
+    last = nn.Conv2d(32, 64, 3, bias=False).to(memory_format=torch.channels_last)
+    last.weight.data.copy_(plain.weight.data)
+    start = plain.weight.detach().clone()
+    opts = [Muon([m.weight], lr=1e-2) for m in (plain, last)]
+    for _ in range(3):
+        g = torch.randn_like(plain.weight)
+        plain.weight.grad, last.weight.grad = g.clone(), g.clone().contiguous(memory_format=torch.channels_last)
+        for o in opts:
+            o.step()
+    assert last.weight.is_contiguous(memory_format=torch.channels_last)
+    step = (plain.weight - start).abs().max()
+    assert step > 1e-3 and (plain.weight - last.weight).abs().max() < 0.02 * step
+
+
+@pytest.mark.parametrize("shape", [(64, 576), (576, 64), (512, 4608)])
+def test_orthogonalize_equalises_singular_values(shape):
+    torch.manual_seed(0)
+    # A gradient-like matrix: 32 directions whose sizes span 100x, plus a little noise.
+    g = torch.randn(shape[0], 32) @ torch.diag(torch.logspace(0, -2, 32)) @ torch.randn(32, shape[1])
+    g = g + 1e-4 * torch.randn(shape)
+    out = orthogonalize(g).float()
+    assert out.shape == g.shape and out.dtype == torch.float32
+    s = torch.linalg.svdvals(out)[:32]
+    assert s.min() > 0.5 and s.max() < 1.25, s  # from 100x apart to within the iteration's ~[0.7, 1.2] band
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    # Same singular vectors as the gradient: the polar factor U V^T, up to the iteration's spread of values.
+    assert torch.nn.functional.cosine_similarity(out.flatten(), (u[:, :32] @ vh[:32]).flatten(), dim=0) > 0.95
+
+
+def test_which_parameters_muon_takes():
+    assert is_muon_param(nn.Conv2d(8, 16, 3).weight)
+    assert is_muon_param(nn.Conv2d(8, 16, 1).weight)  # 1x1 projections are matrices too
+    assert not is_muon_param(nn.Conv2d(16, 16, 3, groups=16).weight)  # depthwise: one input channel
+    assert not is_muon_param(nn.Linear(8, 4).weight)  # the head stays on AdamW
+    assert not is_muon_param(nn.BatchNorm2d(8).weight)
+    model = create_model("mobilenet_v2", num_classes=3)
+    opt = build_optimizer("muon", param_groups([(model, 1e-3)], 0.05), 1e-3)
+    taken = {id(p) for g in opt.param_groups if g["muon"] for p in g["params"]}
+    assert len(taken) == sum(is_muon_param(p) for p in model.parameters()) > 30
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_state_round_trip_continues_exactly():
+    def run(split: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = create_model("resnet20", num_classes=3)
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
+        opt = build_optimizer("muon", param_groups([(model, 1e-2)], 0.05), 1e-2)
+        for i in range(4):
+            if split and i == 2:  # save, rebuild, load under weights_only as a checkpoint would
+                buf = io.BytesIO()
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+                buf.seek(0)
+                state = torch.load(buf, weights_only=True)
+                model = create_model("resnet20", num_classes=3)
+                model.load_state_dict(state["model"])
+                opt = build_optimizer("muon", param_groups([(model, 1e-2)], 0.05), 1e-2)
+                opt.load_state_dict(state["opt"])
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(run(False), run(True))
+
+
+def test_auto_is_muon_from_scratch_and_adamw_for_pretrained():
+    assert TrainConfig().resolved_opt() == "muon"
+    assert TrainConfig(pretrained="imagenet").resolved_opt() == "adamw"
+    assert TrainConfig(opt="sgd", pretrained="imagenet").resolved_opt() == "sgd"
+    # Muon's updates are scaled to AdamW's size, so it takes AdamW's rate and decay.
+    assert TrainConfig().resolved_lr() == TrainConfig(opt="adamw").resolved_lr() == pytest.approx(1e-3)
+    assert TrainConfig().resolved_wd() == 0.05
