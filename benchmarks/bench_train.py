@@ -3,9 +3,10 @@
 Baseline: the PyTorch transfer-learning tutorial's loop (torchvision ImageFolder, RandomResizedCrop + flip, fp32,
 NCHW, num_workers=0, SGD). Ours: `resnetlab.engine.fit.fit` with its defaults (RAM cache, channels_last, bf16
 autocast when the CPU has native bf16), the same batch size and the same training images (our 80% split). Both are
-reported in images/s of the training loop; ours also end to end (cache fill and set-up included). Our rate is also
-given as a fraction of this machine's bf16 matmul peak, measured here, converted to images/s with the model's
-training cost (3 x forward MACs x 2 FLOPs per image).
+reported in images/s of the training loop; ours also end to end (cache fill and set-up included), once per
+optimizer in `--opts` (the default, Muon from scratch, and AdamW: Muon buys accuracy per epoch with a costlier step).
+Our rate is also given as a fraction of this machine's bf16 matmul peak, measured here, converted to images/s with
+the model's training cost (3 x forward MACs x 2 FLOPs per image).
 
     .venv/bin/python benchmarks/bench_train.py              # the full measurement (minutes)
     .venv/bin/python benchmarks/bench_train.py --limit 64   # a quick smoke run on 64 images
@@ -35,6 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, default=None, help="use only N images (a quick smoke run)")
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument(
+        "--opts",
+        default="auto,adamw",
+        help="optimizers to time ours with, one epoch each (auto: the default, Muon from scratch; its orthogonalisation"
+        " costs ~0.3 s a ResNet-50 step here, see bench_optim.py)",
+    )
     return p.parse_args(argv)
 
 
@@ -165,25 +172,28 @@ def main(argv: list[str] | None = None) -> None:
             base = baseline_epoch(data, train_files, args.img_size, args.batch_size, device)
             print(f"tutorial loop (ImageFolder, fp32, NCHW, 0 workers): {base:.2f} img/s")
 
-        cfg = TrainConfig(
-            data=str(data),
-            model=args.model,
-            img_size=args.img_size,
-            epochs=1,
-            batch_size=args.batch_size,
-            out=os.path.join(tmp, "run"),
-            progress=False,
-        )
-        start = time.perf_counter()
-        summary = fit(cfg, log=lambda line: print("  " + line))
-        wall = time.perf_counter() - start
-        ours = summary["train_images_per_s"]
-        print(f"resnetlab train: {ours:.2f} img/s (training loop), {len(splits.train) / wall:.2f} img/s end to end")
-        if base:
-            print(f"ratio ours / tutorial: {ours / base:.2f}x")
-        print(f"ours as a fraction of the bf16 matmul peak: {ours * train_flops / peak:.2f}")
-        if alone:
-            print(f"ours as a fraction of the model alone (data, loss and bookkeeping cost): {ours / alone:.2f}")
+        for opt in args.opts.split(","):
+            cfg = TrainConfig(
+                data=str(data),
+                model=args.model,
+                img_size=args.img_size,
+                epochs=1,
+                batch_size=args.batch_size,
+                opt=opt,
+                out=os.path.join(tmp, f"run-{opt}"),
+                progress=False,
+            )
+            start = time.perf_counter()
+            summary = fit(cfg, log=lambda line: print("  " + line))
+            wall = time.perf_counter() - start
+            ours = summary["train_images_per_s"]
+            name = f"resnetlab train --opt {opt} ({cfg.resolved_opt()})"
+            print(f"{name}: {ours:.2f} img/s (training loop), {len(splits.train) / wall:.2f} img/s end to end")
+            if base:
+                print(f"  ratio ours / tutorial: {ours / base:.2f}x")
+            print(f"  ours as a fraction of the bf16 matmul peak: {ours * train_flops / peak:.2f}")
+            if alone:
+                print(f"  ours as a fraction of the model alone (data, loss and bookkeeping cost): {ours / alone:.2f}")
 
 
 if __name__ == "__main__":
