@@ -88,7 +88,7 @@ class TrainConfig:
     wd: float | None = _f(
         None, "weight decay, never applied to norm layers and biases (default: per optimizer, 0.05 adamw, 5e-4 sgd)"
     )
-    momentum: float = _f(0.9, "SGD momentum")
+    momentum: float = _f(0.9, "SGD momentum (Muon keeps its own 0.95)")
     nesterov: bool = _f(True, "SGD: Nesterov momentum")
     sched: str = _f("cosine", "learning-rate schedule: cosine, step, multistep, plateau, onecycle, constant")
     warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (fractions allowed)")
