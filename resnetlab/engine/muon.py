@@ -26,10 +26,10 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 
 
-def orthogonalize(g: Tensor, steps: int = NS_STEPS) -> Tensor:
-    """Approximately U V^T of each g = U S V^T, for a matrix (m, n) or a stack of them (k, m, n), in bf16."""
+def orthogonalize(g: Tensor, steps: int = NS_STEPS, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Approximately U V^T of each g = U S V^T, for a matrix (m, n) or a stack of them (k, m, n), computed in dtype."""
     a, b, c = NS_COEFFICIENTS
-    x = g.to(torch.bfloat16)
+    x = g.to(dtype)
     single = x.ndim == 2
     if single:
         x = x.unsqueeze(0)
@@ -43,6 +43,18 @@ def orthogonalize(g: Tensor, steps: int = NS_STEPS) -> Tensor:
     if tall:
         x = x.mT
     return x[0] if single else x
+
+
+def ns_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where its matrix products are native (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else fp32.
+
+    oneDNN emulates bf16 on other CPUs, slower than fp32 there (`precision.cpu_supports_bf16`).
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    from resnetlab.engine.precision import cpu_supports_bf16
+
+    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else torch.float32
 
 
 def memory_order(p: Tensor) -> tuple[int, ...]:
@@ -77,7 +89,9 @@ class Muon(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         ns_steps: int = NS_STEPS,
+        ns_dtype: torch.dtype | None = None,
     ) -> None:
+        self.ns_dtype = ns_dtype  # None: `ns_dtype(device)` of the parameters
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
@@ -108,6 +122,7 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
         beta = group["momentum"]
+        dtype = self.ns_dtype or ns_dtype(params[0].device)
         by_shape: dict[tuple[int, int], list[tuple[Tensor, Tensor]]] = {}
         for p in params:
             state = self.state[p]
@@ -115,13 +130,14 @@ class Muon(torch.optim.Optimizer):
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             buf = state["momentum_buffer"]
             buf.lerp_(p.grad, 1 - beta)
-            target = p.permute(memory_order(p))  # a view: the update lands in p
-            update = p.grad.lerp(buf, beta).permute(memory_order(p)).reshape(p.shape[0], -1)  # Nesterov, (out, fan_in)
-            by_shape.setdefault(tuple(update.shape), []).append((target, update.to(torch.bfloat16)))
+            order = memory_order(p)
+            target = p.permute(order)  # a view: the update lands in p
+            update = p.grad.lerp(buf, beta).permute(order).reshape(p.shape[0], -1)  # Nesterov, (out, fan_in)
+            by_shape.setdefault(tuple(update.shape), []).append((target, update.to(dtype)))
         # Filter banks of one shape are orthogonalised together: batched products use this CPU's two cores better
-        # than one small product at a time (a ResNet-18 step's orthogonalisation: 99 -> ~70 ms, bench_optim.py).
+        # than one product at a time (optimizer step, bench_optim.py: ResNet-18 118 -> 107 ms, ResNet-50 305 -> 271).
         for shape, items in by_shape.items():
-            ortho = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"])
+            ortho = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"], dtype)
             scale = 0.2 * math.sqrt(max(shape))  # RMS of an AdamW update (see module docstring)
             for (target, _), o in zip(items, ortho):
                 target.add_(o.view(target.shape), alpha=-group["lr"] * scale)

@@ -26,7 +26,8 @@ def test_matches_torch_muon_on_filters_and_adamw_on_the_rest():
     ours = [conv.weight, head.weight, conv.bias, head.bias, bn.weight]
     ref = [p.detach().clone().requires_grad_() for p in ours]
     ref_filter = ref[0].detach().reshape(16, -1).clone().requires_grad_()  # PyTorch's Muon takes 2-D matrices only
-    opt = Muon([{"params": ours[:2], "weight_decay": 0.1}, {"params": ours[2:], "weight_decay": 0.0}], lr=1e-2)
+    groups = [{"params": ours[:2], "weight_decay": 0.1}, {"params": ours[2:], "weight_decay": 0.0}]
+    opt = Muon(groups, lr=1e-2, ns_dtype=torch.bfloat16)  # PyTorch's Muon iterates in bf16
     muon = torch.optim.Muon([ref_filter], lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
     adamw = torch.optim.AdamW(
         [{"params": ref[1:2], "weight_decay": 0.1}, {"params": ref[2:], "weight_decay": 0.0}], lr=1e-2
@@ -62,19 +63,38 @@ def test_channels_last_filters_update_like_contiguous_ones():
     assert step > 1e-3 and (plain.weight - last.weight).abs().max() < 0.02 * step
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(64, 576), (576, 64), (512, 4608)])
-def test_orthogonalize_equalises_singular_values(shape):
+def test_orthogonalize_equalises_singular_values(shape, dtype):
     torch.manual_seed(0)
     # A gradient-like matrix: 32 directions whose sizes span 100x, plus a little noise.
     g = torch.randn(shape[0], 32) @ torch.diag(torch.logspace(0, -2, 32)) @ torch.randn(32, shape[1])
     g = g + 1e-4 * torch.randn(shape)
-    out = orthogonalize(g).float()
-    assert out.shape == g.shape and out.dtype == torch.float32
+    out = orthogonalize(g, dtype=dtype)
+    assert out.shape == g.shape and out.dtype == dtype
+    out = out.float()
     s = torch.linalg.svdvals(out)[:32]
     assert s.min() > 0.5 and s.max() < 1.25, s  # from 100x apart to within the iteration's ~[0.7, 1.2] band
     u, _, vh = torch.linalg.svd(g, full_matrices=False)
     # Same singular vectors as the gradient: the polar factor U V^T, up to the iteration's spread of values.
     assert torch.nn.functional.cosine_similarity(out.flatten(), (u[:, :32] @ vh[:32]).flatten(), dim=0) > 0.95
+
+
+def test_iterates_in_bf16_only_where_it_is_native(monkeypatch):
+    from resnetlab.engine import muon, precision
+
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    assert muon.ns_dtype(torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)  # oneDNN would emulate bf16: slower than fp32
+    assert muon.ns_dtype(torch.device("cpu")) == torch.float32
+    used = []
+    real = muon.orthogonalize
+    monkeypatch.setattr(muon, "orthogonalize", lambda g, steps, dtype: used.append(dtype) or real(g, steps, dtype))
+    conv = nn.Conv2d(4, 8, 3)
+    conv.weight.grad = torch.randn_like(conv.weight)
+    before = conv.weight.detach().clone()
+    Muon([conv.weight], lr=1e-2).step()
+    assert used == [torch.float32] and not torch.equal(conv.weight, before)
 
 
 def test_which_parameters_muon_takes():
