@@ -74,24 +74,66 @@ static void merge(const double *part, int nthreads, int64_t c, double *out) {
         for (int64_t j = 0; j < c; j++) out[j] += part[t * c + j];
 }
 
+/* Two per-channel sums over rows, as per-thread double partials (nt x c each), merged by `sums_take`. */
+typedef struct {
+    int nt;
+    int64_t c;
+    double *s1, *s2;
+} sums_t;
+
+static sums_t sums_new(int nt, int64_t c) {
+    sums_t s = {nt, c, calloc((size_t)(nt * c), sizeof(double)), calloc((size_t)(nt * c), sizeof(double))};
+    return s;
+}
+
+/* Merge both sums in thread order into out1, out2 (c each) and free the partials. */
+static void sums_take(sums_t *s, double *out1, double *out2) {
+    merge(s->s1, s->nt, s->c, out1);
+    merge(s->s2, s->nt, s->c, out2);
+    free(s->s1);
+    free(s->s2);
+}
+
+/* The calling thread's share of a parallel region: rows [lo, hi) and fp32 row sums a, b (c each), moved into the
+ * thread's double partials every FLUSH rows by `share_row_done`. */
+typedef struct {
+    int64_t lo, hi;
+    float *a, *b;
+    double *d1, *d2;
+} share_t;
+
+static share_t share_begin(const sums_t *s, int64_t m) {
+    int t = omp_get_thread_num();
+    share_t sh = {0, 0, calloc((size_t)s->c, sizeof(float)), calloc((size_t)s->c, sizeof(float)), s->s1 + t * s->c,
+                  s->s2 + t * s->c};
+    rows_of(m, t, s->nt, &sh.lo, &sh.hi);
+    return sh;
+}
+
+static inline void share_row_done(share_t *sh, int64_t r, int64_t c) {
+    if ((r - sh->lo) % FLUSH == FLUSH - 1 || r == sh->hi - 1) flush(sh->a, sh->b, sh->d1, sh->d2, c);
+}
+
+static void share_end(share_t *sh) {
+    free(sh->a);
+    free(sh->b);
+}
+
 /* Forward. x, res (nullable), y: (M, C) elements. weight, bias, running stats: (C) fp32. momentum < 0 leaves the
  * running statistics alone. Writes save_mean and save_invstd (C) for backward. */
 void bn_act_forward(const elem_t *x, const elem_t *res, elem_t *y, int64_t m, int64_t c, const float *weight,
                     const float *bias, float *running_mean, float *running_var, float momentum, float eps, int act,
                     float upper, float *save_mean, float *save_invstd) {
     int nt = threads_for(m, c);
-    double *s1 = calloc((size_t)(nt * c), sizeof(double)), *s2 = calloc((size_t)(nt * c), sizeof(double));
+    sums_t sums = sums_new(nt, c);
     float *shift0 = malloc(sizeof(float) * c), *scale = malloc(sizeof(float) * c), *shift = malloc(sizeof(float) * c);
     /* Sums of (x - x[0]) rather than x: keeps var = E[d^2] - E[d]^2 accurate when the mean is large. */
     for (int64_t j = 0; j < c; j++) shift0[j] = ld(x[j]);
 #pragma omp parallel num_threads(nt)
     {
-        int t = omp_get_thread_num();
-        int64_t lo, hi;
-        rows_of(m, t, nt, &lo, &hi);
-        float *a = calloc((size_t)c, sizeof(float)), *b = calloc((size_t)c, sizeof(float));
-        double *d1 = s1 + t * c, *d2 = s2 + t * c;
-        for (int64_t r = lo; r < hi; r++) {
+        share_t sh = share_begin(&sums, m);
+        float *a = sh.a, *b = sh.b;
+        for (int64_t r = sh.lo; r < sh.hi; r++) {
             const elem_t *xr = x + r * c;
 #pragma omp simd
             for (int64_t j = 0; j < c; j++) {
@@ -99,14 +141,12 @@ void bn_act_forward(const elem_t *x, const elem_t *res, elem_t *y, int64_t m, in
                 a[j] += v;
                 b[j] += v * v;
             }
-            if ((r - lo) % FLUSH == FLUSH - 1 || r == hi - 1) flush(a, b, d1, d2, c);
+            share_row_done(&sh, r, c);
         }
-        free(a);
-        free(b);
+        share_end(&sh);
     }
     double *sum = malloc(sizeof(double) * c), *sumsq = malloc(sizeof(double) * c);
-    merge(s1, nt, c, sum);
-    merge(s2, nt, c, sumsq);
+    sums_take(&sums, sum, sumsq);
     for (int64_t j = 0; j < c; j++) {
         double md = sum[j] / (double)m;
         double var = sumsq[j] / (double)m - md * md;
@@ -142,8 +182,6 @@ void bn_act_forward(const elem_t *x, const elem_t *res, elem_t *y, int64_t m, in
             }
         }
     }
-    free(s1);
-    free(s2);
     free(sum);
     free(sumsq);
     free(shift0);
@@ -158,7 +196,7 @@ void bn_act_backward(const elem_t *dy, const elem_t *x, const elem_t *y, elem_t 
                      int64_t m, int64_t c, const float *weight, const float *bias, const float *save_mean,
                      const float *save_invstd, int act, float upper, float *dweight, float *dbias) {
     int nt = threads_for(m, c);
-    double *s1 = calloc((size_t)(nt * c), sizeof(double)), *s2 = calloc((size_t)(nt * c), sizeof(double));
+    sums_t sums = sums_new(nt, c);
     float *scale = malloc(sizeof(float) * c), *shift = malloc(sizeof(float) * c);
     for (int64_t j = 0; j < c; j++) {
         scale[j] = weight[j] * save_invstd[j];
@@ -167,12 +205,9 @@ void bn_act_backward(const elem_t *dy, const elem_t *x, const elem_t *y, elem_t 
     const int recompute = act && y == NULL, from_y = act && y != NULL;
 #pragma omp parallel num_threads(nt)
     {
-        int t = omp_get_thread_num();
-        int64_t lo, hi;
-        rows_of(m, t, nt, &lo, &hi);
-        float *a = calloc((size_t)c, sizeof(float)), *b = calloc((size_t)c, sizeof(float));
-        double *d1 = s1 + t * c, *d2 = s2 + t * c;
-        for (int64_t r = lo; r < hi; r++) {
+        share_t sh = share_begin(&sums, m);
+        float *a = sh.a, *b = sh.b;
+        for (int64_t r = sh.lo; r < sh.hi; r++) {
             const elem_t *dyr = dy + r * c, *xr = x + r * c;
             if (from_y) {
                 const elem_t *yr = y + r * c;
@@ -193,14 +228,12 @@ void bn_act_backward(const elem_t *dy, const elem_t *x, const elem_t *y, elem_t 
                     b[j] += g * (xv - save_mean[j]);
                 }
             }
-            if ((r - lo) % FLUSH == FLUSH - 1 || r == hi - 1) flush(a, b, d1, d2, c);
+            share_row_done(&sh, r, c);
         }
-        free(a);
-        free(b);
+        share_end(&sh);
     }
     double *sum_g = malloc(sizeof(double) * c), *sum_gx = malloc(sizeof(double) * c);
-    merge(s1, nt, c, sum_g);
-    merge(s2, nt, c, sum_gx);
+    sums_take(&sums, sum_g, sum_gx);
     /* dx = w * invstd * (g - mean(g) - xhat * mean(g * xhat)) = ka * g + kb * x + kc per channel. */
     float *ka = malloc(sizeof(float) * c), *kb = malloc(sizeof(float) * c), *kc = malloc(sizeof(float) * c);
     for (int64_t j = 0; j < c; j++) {
@@ -231,8 +264,6 @@ void bn_act_backward(const elem_t *dy, const elem_t *x, const elem_t *y, elem_t 
             }
         }
     }
-    free(s1);
-    free(s2);
     free(sum_g);
     free(sum_gx);
     free(scale);
