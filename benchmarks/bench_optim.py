@@ -6,6 +6,7 @@ alternate between the two in one process, so machine drift hits both; the best o
 
     .venv/bin/python benchmarks/bench_optim.py                         # ResNet-18 at 96 px (the recipe), ResNet-50
     .venv/bin/python benchmarks/bench_optim.py --cases resnet18:64:96 --rounds 5
+    python benchmarks/bench_optim.py --device cuda --cases resnet50:128:224   # on a GPU: bf16 autocast, cuDNN
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="timed steps per optimizer per round")
     p.add_argument("--fp32", action="store_true", help="fp32 steps (what CPUs without bf16 train in), no autocast")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     return p.parse_args(argv)
 
 
@@ -39,7 +41,7 @@ def make_step(model: nn.Module, opt_name: str, x: torch.Tensor, y: torch.Tensor,
     opt = build_optimizer(opt_name, param_groups([(model, 1e-3)], 0.05), 1e-3)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -48,21 +50,27 @@ def make_step(model: nn.Module, opt_name: str, x: torch.Tensor, y: torch.Tensor,
     return step, opt.step
 
 
-def timed(fn: Callable[[], None], n: int) -> float:
+def timed(fn: Callable[[], None], n: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
     t = time.perf_counter()
     for _ in range(n):
         fn()
+    sync()
     return (time.perf_counter() - t) / n
 
 
-def bench_case(name: str, batch: int, size: int, opts: list[str], rounds: int, steps: int, bf16: bool) -> None:
+def bench_case(
+    name: str, batch: int, size: int, opts: list[str], rounds: int, steps: int, bf16: bool, device: torch.device
+) -> None:
     torch.manual_seed(0)
-    base = create_model(name, num_classes=6).to(memory_format=torch.channels_last).train()
-    if bf16:
-        enable_gemm_weight_grad(base)  # as `fit` does
-    enable_fused_bn_act(base)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 6, (batch,))
+    base = create_model(name, num_classes=6).to(device, memory_format=torch.channels_last).train()
+    if device.type == "cpu":  # as `fit` does on a CPU; cuDNN needs neither
+        if bf16:
+            enable_gemm_weight_grad(base)
+        enable_fused_bn_act(base)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 6, (batch,), device=device)
     runs = {k: make_step(copy.deepcopy(base), k, x, y, bf16) for k in opts}
     for step, _ in runs.values():  # warm-up: oneDNN primitives, allocator, optimizer state
         step()
@@ -71,7 +79,8 @@ def bench_case(name: str, batch: int, size: int, opts: list[str], rounds: int, s
     for r in range(rounds):
         line = []
         for k, (step, opt_step) in runs.items():
-            dt, dt_opt = timed(step, steps), timed(opt_step, steps)  # the lone optimizer steps reuse the last grads
+            # the lone optimizer steps reuse the last grads
+            dt, dt_opt = timed(step, steps, device), timed(opt_step, steps, device)
             best[k] = [min(best[k][0], dt), min(best[k][1], dt_opt)]
             line.append(f"{k} {dt * 1000:.0f} ms (optimizer {dt_opt * 1000:.1f} ms)")
         print(f"  round {r + 1}: " + ", ".join(line), flush=True)
@@ -87,11 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     keep_freed_memory()
     mode = "fp32" if args.fp32 else "bf16 autocast"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {mode}, channels_last", flush=True)
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"torch {torch.__version__}, {where}, {mode}, channels_last", flush=True)
     opts = args.opts.split(",")
     for case in args.cases.split(","):
         name, batch, size = case.split(":")
-        bench_case(name, int(batch), int(size), opts, args.rounds, args.steps, bf16=not args.fp32)
+        bench_case(name, int(batch), int(size), opts, args.rounds, args.steps, not args.fp32, device)
 
 
 if __name__ == "__main__":

@@ -106,3 +106,26 @@ def test_predict_on_cuda_matches_cpu(digits_dir, tmp_path):
         assert [p["label"] for p in g["predictions"]] == [p["label"] for p in c["predictions"]]
         for pg, pc in zip(g["predictions"], c["predictions"]):
             assert pg["score"] == pytest.approx(pc["score"], abs=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_muon_on_cuda_matches_cpu(dtype):
+    # The same filters, gradients and Newton-Schulz dtype on both devices: the updates agree to rounding. `fit` picks
+    # bf16 on a GPU that has it, as on a CPU with native bf16.
+    from resnetlab.engine.muon import Muon, ns_dtype
+
+    assert ns_dtype(torch.device("cuda")) == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
+    torch.manual_seed(0)
+    cpu = torch.nn.Conv2d(64, 128, 3, bias=False)
+    gpu = torch.nn.Conv2d(64, 128, 3, bias=False).cuda().to(memory_format=torch.channels_last)
+    gpu.weight.data.copy_(cpu.weight.data)
+    start = cpu.weight.detach().clone()
+    opts = [Muon([m.weight], lr=1e-2, weight_decay=0.05, ns_dtype=dtype) for m in (cpu, gpu)]
+    for _ in range(3):
+        g = torch.randn_like(cpu.weight)
+        cpu.weight.grad, gpu.weight.grad = g.clone(), g.cuda().contiguous(memory_format=torch.channels_last)
+        for o in opts:
+            o.step()
+    moved = (cpu.weight - start).abs().max()
+    diff = (gpu.weight.cpu() - cpu.weight).abs().max()
+    assert moved > 1e-2 and diff < (1e-4 if dtype == torch.float32 else 0.02) * moved
