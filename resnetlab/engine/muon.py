@@ -33,15 +33,15 @@ def orthogonalize(g: Tensor, steps: int = NS_STEPS, dtype: torch.dtype = torch.b
     single = x.ndim == 2
     if single:
         x = x.unsqueeze(0)
-    tall = x.size(-2) > x.size(-1)
-    if tall:  # iterate on the short side's Gram matrix: (m, m) with m = min(rows, cols)
-        x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values <= 1, inside the iteration's basin
+    # Iterate on the short side's Gram matrix (min(m, n) squared). A tall x is multiplied from the right instead of
+    # being transposed: bmm reads a transposed operand in place, while a transposed output or `@` on a stack of one
+    # made oneDNN copy every product (ResNet-50's (2048, 1024) filter bank: 72 -> 37 ms per step).
+    tall = x.size(-2) > x.size(-1)
     for _ in range(steps):
-        gram = x @ x.mT  # (k, m, m)
-        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a x + (b G + c G^2) x
-    if tall:
-        x = x.mT
+        gram = torch.bmm(x.mT, x) if tall else torch.bmm(x, x.mT)  # (k, s, s), s = min(m, n)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
+        x = torch.baddbmm(x, x, poly, beta=a) if tall else torch.baddbmm(x, poly, x, beta=a)  # a x + (b G + c G^2) x
     return x[0] if single else x
 
 
