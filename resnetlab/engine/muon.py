@@ -7,8 +7,9 @@ directions learn as fast as dominant ones. A conv weight (out, in/groups, kh, kw
 AdamW, as in Muon's own recipe (hidden layers only).
 
 The update is rescaled by 0.2 * sqrt(max(rows, cols)) (Liu et al. 2025, "Muon is scalable"): its RMS then matches a
-typical AdamW update, so the AdamW learning rate and decoupled weight decay carry over unchanged, and one schedule
-drives both kinds of parameter.
+typical AdamW update, so AdamW's learning rates and decoupled weight decay are the right size for it, and one
+schedule drives both kinds of parameter (`resnetlab train` defaults Muon to twice AdamW's rate, by measurement: see
+`config.BASE_LR`).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def test_run_folder_contents(run):
     saved = json.loads((out / "summary.json").read_text())
     assert saved["epochs_run"] == 3 and saved["best_val_acc"] == max(float(r["val_acc"]) for r in rows)
     assert saved["train_images_per_s"] > 0 and saved["wall_seconds"] > 0
-    assert saved["lr"] == pytest.approx(1e-3 * (8 / 64) ** 0.5) and saved["weight_decay"] == 0.05  # AdamW, batch 8
+    assert saved["lr"] == pytest.approx(2e-3 * (8 / 64) ** 0.5) and saved["weight_decay"] == 0.05  # Muon, batch 8
     assert sum(line.startswith("epoch") for line in lines) == 3  # one summary line per epoch
 
 
