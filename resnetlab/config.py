@@ -33,7 +33,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # seeds 0.714 against 0.698 (benchmarks/RESULTS.md).
 # Muon's updates are rescaled to AdamW's RMS (engine/muon.py), so AdamW's decay carries over; its rate is twice
 # AdamW's (2026-11-27): TrashNet seeds 0-4 0.871 against 0.856 at 1e-3 (better on every seed), hymenoptera seeds 0-4
-# 0.723 against 0.727 (within noise). Doubling the decay instead (wd 0.1) gave 0.868 over seeds 0-2, both 0.869.
+# 0.723 against 0.727 (within noise). Doubling the decay instead (wd 0.1) gave 0.868 over seeds 0-2, both 0.869;
+# 3e-3 tied on TrashNet (0.873) but lost 3 points on hymenoptera and 2 on the demo data.
 BASE_LR: dict[str, float] = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "muon": 2e-3}
 # Weight decay per optimizer: AdamW's decoupled decay and SGD's L2 penalty differ by ~100x in useful size (SGD at
 # AdamW's 0.05 barely trains: 0.50 train accuracy after 15 of 20 epochs on the TrashNet recipe).
