@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--opts",
         default="auto,adamw",
         help="optimizers to time ours with, one epoch each (auto: the default, Muon from scratch; its orthogonalisation"
-        " costs ~0.3 s a ResNet-50 step here, see bench_optim.py)",
+        " costs ~0.25 s a ResNet-50 step here, see bench_optim.py)",
     )
     return p.parse_args(argv)
 

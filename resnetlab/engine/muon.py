@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.adamw import adamw
 
 # The quintic Newton-Schulz coefficients of Muon's reference implementation: they push every singular value of a
 # Frobenius-normalised matrix into about [0.7, 1.2] in five steps, which is orthogonal enough for an update.
@@ -144,22 +145,27 @@ class Muon(torch.optim.Optimizer):
                 target.add_(o.view(target.shape), alpha=-group["lr"] * scale)
 
     def _adamw_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        beta1, beta2 = group["betas"]
-        grads, exp_avgs, exp_avg_sqs = [p.grad for p in params], [], []
+        # PyTorch's own AdamW arithmetic (the functional form `torch.optim.AdamW` runs); decay was applied in `step`.
         for p in params:
             state = self.state[p]
             if not state:
                 state["step"] = torch.zeros(())
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-        steps = [float(self.state[p]["step"]) for p in params]
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-        denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
-        torch._foreach_add_(denom, group["eps"])
-        torch._foreach_addcdiv_(params, exp_avgs, denom, [-group["lr"] / (1 - beta1**t) for t in steps])
+        states = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        adamw(
+            params,
+            [p.grad for p in params],
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [],
+            [s["step"] for s in states],
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=0.0,
+            eps=group["eps"],
+            maximize=False,
+        )
