@@ -6,6 +6,7 @@ alternate between the two in one process, so machine drift hits both; the best o
 
     .venv/bin/python benchmarks/bench_optim.py                         # ResNet-18 at 96 px (the recipe), ResNet-50
     .venv/bin/python benchmarks/bench_optim.py --cases resnet18:64:96 --rounds 5
+    .venv/bin/python benchmarks/bench_optim.py --opts adamw,muon:standard,muon   # Gram Newton-Schulz's gain
     python benchmarks/bench_optim.py --device cuda --cases resnet50:128:224   # on a GPU: bf16 autocast, cuDNN
 """
 
@@ -29,7 +30,11 @@ from resnetlab.models import create_model
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default="resnet18:64:96,resnet50:32:224", help="model:batch:size, comma-separated")
-    p.add_argument("--opts", default="adamw,muon", help="optimizers to alternate, the first is the baseline")
+    p.add_argument(
+        "--opts",
+        default="adamw,muon",
+        help="optimizers to alternate, the first is the baseline; muon:standard / muon:gram force Muon's iteration",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="timed steps per optimizer per round")
     p.add_argument("--fp32", action="store_true", help="fp32 steps (what CPUs without bf16 train in), no autocast")
@@ -38,7 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_step(model: nn.Module, opt_name: str, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> tuple[Callable, ...]:
+    opt_name, _, ns_method = opt_name.partition(":")
     opt = build_optimizer(opt_name, param_groups([(model, 1e-3)], 0.05), 1e-3)
+    if ns_method:
+        opt.ns_method = ns_method  # see `orthogonalize`
 
     def step() -> None:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
