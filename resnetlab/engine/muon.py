@@ -4,9 +4,9 @@ Muon (Jordan et al. 2024) replaces each filter bank's momentum update by the nea
 with a few Newton-Schulz iterations: every direction of the update moves by the same amount, so rarely-used
 directions learn as fast as dominant ones. A conv weight (out, in/groups, kh, kw) is treated as the matrix
 (out, in/groups * kh * kw). Depthwise filters (one input channel), norms, biases and the classifier head stay on
-AdamW, as in Muon's own recipe (hidden layers only). Long banks (3x3 and bottleneck 1x1 convolutions) iterate on
-their Gram matrix instead (Gram Newton-Schulz: the same polynomial with fewer products; ResNet-18's optimizer step
-110 -> 77 ms here, benchmarks/RESULTS.md).
+AdamW, as in Muon's own recipe (hidden layers only). Where the iteration runs in fp32 (CPUs without native bf16),
+long banks (3x3 and bottleneck 1x1 convolutions) iterate on their Gram matrix instead (Gram Newton-Schulz: the same
+polynomial with fewer products; not in bf16, where it is fragile: benchmarks/RESULTS.md).
 
 The update is rescaled by 0.2 * sqrt(max(rows, cols)) (Liu et al. 2025, "Muon is scalable"): its RMS then matches a
 typical AdamW update, so AdamW's learning rates and decoupled weight decay are the right size for it, and one
@@ -31,13 +31,16 @@ NS_STEPS = 5
 
 
 # Gram Newton-Schulz (Zhang, Amsel, Chen & Dao 2026) for banks at least this many times wider than tall (or taller
-# than wide): it computes the same polynomial with fewer products there. At aspect 2 it was no faster here.
+# than wide), when the iteration runs in fp32: it computes the same polynomial with fewer products there (all of
+# ResNet-50's long banks in fp32 on this CPU: 652 -> 387 ms; at aspect 2 it was no faster, in bf16 either).
 GRAM_MIN_ASPECT = 4
-# Gram Newton-Schulz rebuilds its Gram matrix from x every this many iterations: in bf16, rounding carried through
-# many iterations of the Gram form grows. Distance from the exact (float64) iteration, ResNet-50 bank shapes with
-# singular values spanning 100x: standard 0.031-0.039; Gram with no restart 0.24-1.9, restarted before iteration 3
-# of 5 (as in the paper, which iterates in fp16) 0.08-0.12, every 2 0.031-0.044, every 3 0.029-0.043. With flat
-# spectra every 3 gave 0.016-0.021 against 0.011-0.014, and it is the cheapest (4 long products instead of 6).
+# In half precision the Gram form is fragile: the polynomial is carried in an (s, s) matrix whose rounding relative
+# to its largest entries is 2^-8 in bf16, and rounding in R gives spurious eigenvalues that later iterations amplify.
+# On momentum matrices captured from real runs, bf16 Gram with a restart every 3 iterations ended up to 2.1x the
+# update's norm away from the exact iteration (10 of 144 banks above 0.1; standard bf16 at most 0.03), every 2 at
+# 1.5-1.7x the standard form's error. So `auto` takes it in fp32 only (errors <= 5e-5 on the same matrices).
+GRAM_DTYPES = (torch.float32, torch.float64)
+# The Gram form rebuilds its Gram matrix from x every this many iterations (4 long products in 5 iterations).
 GRAM_RESTART_EVERY = 3
 
 
@@ -47,7 +50,7 @@ def orthogonalize(
     """Approximately U V^T of each g = U S V^T, for a matrix (m, n) or a stack of them (k, m, n), computed in dtype.
 
     `method`: "standard" (Muon's reference iteration, bit-equal to `torch.optim.Muon`), "gram" (the same polynomial
-    iterated on the Gram matrix), or "auto" (gram for aspect ratios >= GRAM_MIN_ASPECT).
+    iterated on the Gram matrix), or "auto" (gram in fp32 for aspect ratios >= GRAM_MIN_ASPECT, else standard).
     """
     if method not in ("auto", "standard", "gram"):
         raise ValueError(f"method must be auto, standard or gram, not {method!r}")
@@ -57,7 +60,7 @@ def orthogonalize(
         x = x.unsqueeze(0)
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values <= 1, inside the iteration's basin
     short, long = sorted(x.shape[-2:])
-    gram = method == "gram" or (method == "auto" and long >= GRAM_MIN_ASPECT * short)
+    gram = method == "gram" or (method == "auto" and dtype in GRAM_DTYPES and long >= GRAM_MIN_ASPECT * short)
     # A tall x is multiplied from the right instead of being transposed: bmm reads a transposed operand in place,
     # while a transposed output or `@` on a stack of one made oneDNN copy every product (ResNet-50's (2048, 1024)
     # filter bank: 72 -> 37 ms per step).

@@ -108,14 +108,14 @@ def test_predict_on_cuda_matches_cpu(digits_dir, tmp_path):
             assert pg["score"] == pytest.approx(pc["score"], abs=1e-4)
 
 
-@pytest.mark.parametrize("method", ["standard", "gram"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "dtype, method", [(torch.float32, "standard"), (torch.float32, "gram"), (torch.bfloat16, "standard")]
+)
 def test_muon_on_cuda_matches_cpu(dtype, method):
     # The same filters, gradients and Newton-Schulz dtype on both devices: the updates agree to rounding. `fit` picks
-    # bf16 on a GPU that has it, as on a CPU with native bf16. Measured on an H200 (2026-11-27, seeds 0 and 1): fp32
-    # < 5e-5 of the largest move for both forms; bf16 0.008-0.009 (standard) and 0.015-0.020 (Gram, this 128 x 576
-    # bank's `auto` choice, whose bf16 rounding differs more between devices while each is as close to the exact
-    # iteration as the standard form's; see test_muon.py).
+    # bf16 on a GPU that has it, as on a CPU with native bf16, and then the standard iteration; fp32 takes the Gram
+    # form for this 128 x 576 bank. Measured on an H200 (2026-11-27, seeds 0 and 1): fp32 < 5e-5 of the largest move
+    # for both forms, bf16 0.008-0.009.
     from resnetlab.engine.muon import Muon, ns_dtype
 
     assert ns_dtype(torch.device("cuda")) == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
@@ -132,4 +132,4 @@ def test_muon_on_cuda_matches_cpu(dtype, method):
             o.step()
     moved = (cpu.weight - start).abs().max()
     diff = (gpu.weight.cpu() - cpu.weight).abs().max()
-    assert moved > 1e-2 and diff < (1e-4 if dtype == torch.float32 else 0.04) * moved
+    assert moved > 1e-2 and diff < (1e-4 if dtype == torch.float32 else 0.02) * moved
