@@ -6,7 +6,7 @@ alternate between the two in one process, so machine drift hits both; the best o
 
     .venv/bin/python benchmarks/bench_optim.py                         # ResNet-18 at 96 px (the recipe), ResNet-50
     .venv/bin/python benchmarks/bench_optim.py --cases resnet18:64:96 --rounds 5
-    .venv/bin/python benchmarks/bench_optim.py --opts adamw,muon:standard,muon   # Gram Newton-Schulz's gain
+    .venv/bin/python benchmarks/bench_optim.py --fp32 --opts adamw,muon:standard,muon   # Gram Newton-Schulz's gain
     python benchmarks/bench_optim.py --device cuda --cases resnet50:128:224   # on a GPU: bf16 autocast, cuDNN
 """
 
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="timed steps per optimizer per round")
-    p.add_argument("--fp32", action="store_true", help="fp32 steps (what CPUs without bf16 train in), no autocast")
+    p.add_argument("--fp32", action="store_true", help="fp32 steps and Muon iterations (CPUs without bf16)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     return p.parse_args(argv)
 
@@ -47,6 +47,8 @@ def make_step(model: nn.Module, opt_name: str, x: torch.Tensor, y: torch.Tensor,
     opt = build_optimizer(opt_name, param_groups([(model, 1e-3)], 0.05), 1e-3)
     if ns_method:
         opt.ns_method = ns_method  # see `orthogonalize`
+    if not bf16 and hasattr(opt, "ns_dtype"):
+        opt.ns_dtype = torch.float32  # as on a CPU without native bf16, which `--fp32` stands for
 
     def step() -> None:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):

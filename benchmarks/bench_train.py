@@ -2,11 +2,11 @@
 
 Baseline: the PyTorch transfer-learning tutorial's loop (torchvision ImageFolder, RandomResizedCrop + flip, fp32,
 NCHW, num_workers=0, SGD). Ours: `resnetlab.engine.fit.fit` with its defaults (RAM cache, channels_last, bf16
-autocast when the CPU has native bf16), the same batch size and the same training images (our 80% split). Both are
-reported in images/s of the training loop; ours also end to end (cache fill and set-up included), once per
-optimizer in `--opts` (the default, Muon from scratch, and AdamW: Muon buys accuracy per epoch with a costlier step).
-Our rate is also given as a fraction of this machine's bf16 matmul peak, measured here, converted to images/s with
-the model's training cost (3 x forward MACs x 2 FLOPs per image).
+autocast when the CPU has native bf16), the same batch size (`resnetlab train`'s default) and the same training
+images (our 80% split). Both are reported in images/s of the training loop; ours also end to end (cache fill and
+set-up included), once per optimizer in `--opts` (the default, Muon from scratch, and AdamW: Muon buys accuracy per
+epoch with a costlier step). Our rate is also given as a fraction of this machine's bf16 matmul peak, measured here,
+converted to images/s with the model's training cost (3 x forward MACs x 2 FLOPs per image).
 
     .venv/bin/python benchmarks/bench_train.py              # the full measurement (minutes)
     .venv/bin/python benchmarks/bench_train.py --limit 64   # a quick smoke run on 64 images
@@ -25,7 +25,10 @@ import torchvision
 from torch import nn
 from torchvision import transforms
 
+from resnetlab.config import TrainConfig
 from resnetlab.paths import shared_path
+
+DEFAULT_BATCH: int = TrainConfig.__dataclass_fields__["batch_size"].default  # what `resnetlab train` uses
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,14 +36,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=str(shared_path("datasets", "trashnet")))
     p.add_argument("--model", default="resnet50")
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH,
+        help=f"both loops' batch size (default {DEFAULT_BATCH}, `resnetlab train`'s own; until 2026-11-27 the benchmark"
+        " ran at 32, where our per-step costs weigh twice as much per image)",
+    )
     p.add_argument("--limit", type=int, default=None, help="use only N images (a quick smoke run)")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument(
         "--opts",
         default="auto,adamw",
         help="optimizers to time ours with, one epoch each (auto: the default, Muon from scratch; its orthogonalisation"
-        " costs ~0.25 s a ResNet-50 step here, see bench_optim.py)",
+        " costs ~0.15 s a ResNet-50 step here, see bench_optim.py)",
     )
     return p.parse_args(argv)
 
@@ -138,7 +147,6 @@ def model_alone(num_classes: int, img_size: int, batch_size: int, steps: int = 6
 
 
 def main(argv: list[str] | None = None) -> None:
-    from resnetlab.config import TrainConfig
     from resnetlab.data.folder import make_splits
     from resnetlab.engine.fit import fit
     from resnetlab.engine.precision import resolve_precision
