@@ -34,8 +34,9 @@ NS_STEPS = 5
 # than wide), when the iteration runs in fp32: it computes the same polynomial with fewer products there (all of
 # ResNet-50's long banks in fp32 on this CPU: 652 -> 387 ms; at aspect 2 it was no faster, in bf16 either).
 GRAM_MIN_ASPECT = 4
-# In half precision the Gram form is fragile: the polynomial is carried in an (s, s) matrix whose rounding relative
-# to its largest entries is 2^-8 in bf16, and rounding in R gives spurious eigenvalues that later iterations amplify.
+# In half precision the Gram form is fragile: the polynomial is carried in an (s, s) matrix rounded to 2^-8 of its
+# largest entries in bf16, and (the paper's explanation) rounding in R gives spurious eigenvalues that later
+# iterations amplify.
 # On momentum matrices captured from real runs, bf16 Gram with a restart every 3 iterations ended up to 2.1x the
 # update's norm away from the exact iteration (10 of 144 banks above 0.1; standard bf16 at most 0.03), every 2 at
 # 1.5-1.7x the standard form's error. So `auto` takes it in fp32 only (errors <= 5e-5 on the same matrices).
