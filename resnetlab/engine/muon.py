@@ -32,7 +32,7 @@ NS_STEPS = 5
 
 # Gram Newton-Schulz (Zhang, Amsel, Chen & Dao 2026) for banks at least this many times wider than tall (or taller
 # than wide), when the iteration runs in fp32: it computes the same polynomial with fewer products there (all of
-# ResNet-50's long banks in fp32 on this CPU: 652 -> 387 ms; at aspect 2 it was no faster, in bf16 either).
+# ResNet-50's long banks in fp32 on this CPU: 652 -> 387 ms; at aspect 2 it was no faster in bf16, fp32 unmeasured).
 GRAM_MIN_ASPECT = 4
 # In half precision the Gram form is fragile: the polynomial is carried in an (s, s) matrix rounded to 2^-8 of its
 # largest entries in bf16, and (the paper's explanation) rounding in R gives spurious eigenvalues that later
@@ -43,6 +43,7 @@ GRAM_MIN_ASPECT = 4
 GRAM_DTYPES = (torch.float32, torch.float64)
 # The Gram form rebuilds its Gram matrix from x every this many iterations (4 long products in 5 iterations).
 GRAM_RESTART_EVERY = 3
+METHODS = ("auto", "standard", "gram")
 
 
 def orthogonalize(
@@ -53,8 +54,7 @@ def orthogonalize(
     `method`: "standard" (Muon's reference iteration, bit-equal to `torch.optim.Muon`), "gram" (the same polynomial
     iterated on the Gram matrix), or "auto" (gram in fp32 for aspect ratios >= GRAM_MIN_ASPECT, else standard).
     """
-    if method not in ("auto", "standard", "gram"):
-        raise ValueError(f"method must be auto, standard or gram, not {method!r}")
+    _check_method(method)
     x = g.to(dtype)
     single = x.ndim == 2
     if single:
@@ -69,11 +69,21 @@ def orthogonalize(
     return x[0] if single else x
 
 
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be auto, standard or gram, not {method!r}")
+
+
+def _gram(x: Tensor, tall: bool) -> Tensor:
+    """The short side's Gram matrix of a stack x (k, m, n): (k, s, s), s = min(m, n), without copying x."""
+    return torch.bmm(x.mT, x) if tall else torch.bmm(x, x.mT)
+
+
 def _newton_schulz(x: Tensor, steps: int, tall: bool) -> Tensor:
     """Muon's iteration on a stack x (k, m, n): x <- a x + (b G + c G^2) x with G = x x^T, on the short side."""
     a, b, c = NS_COEFFICIENTS
     for _ in range(steps):
-        gram = torch.bmm(x.mT, x) if tall else torch.bmm(x, x.mT)  # (k, s, s), s = min(m, n)
+        gram = _gram(x, tall)
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
         x = torch.baddbmm(x, x, poly, beta=a) if tall else torch.baddbmm(x, poly, x, beta=a)  # a x + (b G + c G^2) x
     return x
@@ -88,9 +98,6 @@ def _gram_newton_schulz(x: Tensor, steps: int, tall: bool) -> Tensor:
     """
     a, b, c = NS_COEFFICIENTS
 
-    def gram_of(x: Tensor) -> Tensor:
-        return torch.bmm(x.mT, x) if tall else torch.bmm(x, x.mT)  # (k, s, s)
-
     def apply(q: Tensor, x: Tensor) -> Tensor:
         return torch.bmm(x, q) if tall else torch.bmm(q, x)  # q is symmetric
 
@@ -99,7 +106,7 @@ def _gram_newton_schulz(x: Tensor, steps: int, tall: bool) -> Tensor:
         if t % GRAM_RESTART_EVERY == 0:  # restart: fold Q into x, rebuild R from it
             if q is not None:
                 x = apply(q, x)
-            r, q = gram_of(x), None
+            r, q = _gram(x, tall), None
         z = torch.baddbmm(r, r, r, beta=b, alpha=c)  # b R + c R^2
         if q is None:
             q = z.clone()
@@ -160,6 +167,7 @@ class Muon(torch.optim.Optimizer):
         ns_method: str = "auto",
     ) -> None:
         self.ns_dtype = ns_dtype  # None: `ns_dtype(device)` of the parameters
+        _check_method(ns_method)
         self.ns_method = ns_method  # see `orthogonalize`
         groups = list(params)
         if groups and not isinstance(groups[0], dict):

@@ -87,6 +87,8 @@ def test_auto_takes_gram_for_long_banks_in_fp32_only():
         assert torch.equal(orthogonalize(g), orthogonalize(g, method="standard")), shape
     with pytest.raises(ValueError, match="auto, standard or gram"):
         orthogonalize(g, method="svd")
+    with pytest.raises(ValueError, match="auto, standard or gram"):  # at construction, not at the first step
+        Muon([nn.Conv2d(4, 8, 3).weight], ns_method="svd")
 
 
 def test_channels_last_filters_update_like_contiguous_ones():
