@@ -50,16 +50,8 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) ->
     return step
 
 
-def bench_case(name: str, batch: int, size: int, rounds: int, steps: int, bf16: bool) -> None:
-    torch.manual_seed(0)
-    eager = create_model(name, num_classes=6).to(memory_format=torch.channels_last).train()
-    if bf16:
-        enable_gemm_weight_grad(eager)  # as `fit` does
-    fused = copy.deepcopy(eager)
-    switched = enable_fused_bn_act(fused)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 6, (batch,))
-    runs = {"pytorch": make_step(eager, x, y, bf16), "fused": make_step(fused, x, y, bf16)}
+def alternate(runs: dict[str, Callable[[], None]], rounds: int, steps: int) -> dict[str, float]:
+    """Time each step function `steps` times per round, taking turns so machine drift hits all; best s/step each."""
     for step in runs.values():  # warm-up: oneDNN primitives, allocator
         step()
         step()
@@ -74,6 +66,19 @@ def bench_case(name: str, batch: int, size: int, rounds: int, steps: int, bf16: 
             best[k] = min(best[k], dt)
             line.append(f"{k} {dt * 1000:.0f} ms")
         print(f"  round {r + 1}: " + ", ".join(line), flush=True)
+    return best
+
+
+def bench_case(name: str, batch: int, size: int, rounds: int, steps: int, bf16: bool) -> None:
+    torch.manual_seed(0)
+    eager = create_model(name, num_classes=6).to(memory_format=torch.channels_last).train()
+    if bf16:
+        enable_gemm_weight_grad(eager)  # as `fit` does
+    fused = copy.deepcopy(eager)
+    switched = enable_fused_bn_act(fused)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 6, (batch,))
+    best = alternate({"pytorch": make_step(eager, x, y, bf16), "fused": make_step(fused, x, y, bf16)}, rounds, steps)
     rate = {k: batch / v for k, v in best.items()}
     print(
         f"{name} batch {batch} at {size} px ({switched} modules fused): PyTorch ops {rate['pytorch']:.1f} img/s, "
