@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.engine import conv1x1
-from resnetlab.engine.conv1x1 import MatmulConv1x1, conv1x1_as_matmul, enable_matmul_1x1, is_plain_1x1
+from resnetlab.engine.conv1x1 import MatmulConv1x1, conv1x1_as_matmul, enable_matmul_1x1, is_plain_1x1, use_matmul
 from resnetlab.models import create_model
 
 
@@ -69,6 +69,16 @@ def test_other_inputs_take_the_convolution(monkeypatch):
         for x in (torch.randn(2, 8, 6, 6), torch.randn(8, 6, 6)):
             torch.testing.assert_close(fast(x), conv(x), rtol=0, atol=0)
     torch.testing.assert_close(fast(cl), conv(cl), rtol=0, atol=0)  # fp32 channels_last: measured no faster
+
+
+def test_rule_follows_the_measurements(monkeypatch):
+    assert use_matmul((1, 1), 56, 56) and use_matmul((1, 1), 112, 112) and use_matmul((2, 2), 28, 28)
+    assert use_matmul((2, 2), 14, 14) and not use_matmul((2, 2), 56, 56) and not use_matmul((2, 2), 29, 28)
+    conv, fast = _pair(8, 16, 2, False)  # a strided projection on a 56x56 map keeps oneDNN's convolution
+    monkeypatch.setattr(conv1x1, "conv1x1_as_matmul", lambda *a: pytest.fail("took the matmul"))
+    x = torch.randn(2, 8, 56, 56).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(fast(x), conv(x), rtol=0, atol=0)
 
 
 def test_only_plain_1x1_convolutions_switch():
