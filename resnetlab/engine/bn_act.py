@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnetlab.engine.conv1x1 import GradStash, MatmulConv1x1
 from resnetlab.engine.precision import cpu_flags
 from resnetlab.models.cifar_resnet import CifarBasicBlock
 from resnetlab.models.googlenet import BasicConv2d
@@ -98,7 +99,7 @@ class _BatchNormAct(torch.autograd.Function):
     """act(batch_norm(x) + residual) in training mode; x and residual bf16 or fp32 channels_last, parameters fp32."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, residual, act):
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, residual, act, stash=None):
         lib = load_library(x.dtype)
         n, c, h, w = x.shape
         y = torch.empty_like(x, memory_format=torch.channels_last)
@@ -113,6 +114,7 @@ class _BatchNormAct(torch.autograd.Function):
         masked_residual = residual is not None and act is not None
         ctx.save_for_backward(x, weight, bias, mean, invstd, y if masked_residual else None)
         ctx.masked_residual, ctx.has_residual, ctx.act = masked_residual, residual is not None, act
+        ctx.stash = stash if masked_residual else None  # an armed GradStash takes the residual's gradient (conv1x1.py)
         return y
 
     @staticmethod
@@ -130,7 +132,9 @@ class _BatchNormAct(torch.autograd.Function):
         )  # fmt: skip
         if ctx.has_residual and not ctx.masked_residual:
             g = grad_out
-        return dx, dweight, dbias, None, None, None, None, g, None
+        if ctx.stash is not None:  # the block's first 1x1 convolution adds its input gradient into g
+            ctx.stash.grad, g = g, None
+        return dx, dweight, dbias, None, None, None, None, g, None, None
 
 
 def _fusable(bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
@@ -150,9 +154,14 @@ def _fusable(bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None)
 
 
 def bn_act(
-    bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor | None = None, act: str | None = "relu"
+    bn: nn.BatchNorm2d,
+    x: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    act: str | None = "relu",
+    stash: GradStash | None = None,
 ) -> torch.Tensor:
-    """act(bn(x) + residual), fused when `_fusable`, else PyTorch's ops exactly as the eager blocks run them."""
+    """act(bn(x) + residual), fused when `_fusable`, else PyTorch's ops exactly as the eager blocks run them.
+    With an armed `stash` and the fused path, the residual's gradient goes to the stash instead of to autograd."""
     if not _fusable(bn, x, residual):
         out = bn(x)
         if residual is not None:
@@ -168,7 +177,8 @@ def bn_act(
             momentum = 1.0 / float(bn.num_batches_tracked)
     running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
     with torch.autocast("cpu", enabled=False):
-        return _BatchNormAct.apply(x, bn.weight, bn.bias, *running, momentum, bn.eps, residual, act)
+        armed = stash if stash is not None and stash.armed else None
+        return _BatchNormAct.apply(x, bn.weight, bn.bias, *running, momentum, bn.eps, residual, act, armed)
 
 
 def _shortcut(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
@@ -194,6 +204,12 @@ class FusedBottleneck(Bottleneck):
     """Bottleneck likewise: bn1 and bn2 with their ReLU, bn3 with the residual add and the last ReLU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is None and isinstance(self.conv1, MatmulConv1x1):
+            # Identity shortcut: conv1's input gradient absorbs the shortcut's in one addmm_ (see GradStash).
+            stash = GradStash()
+            out = bn_act(self.bn1, self.conv1.forward_sharing(x, stash))
+            out = bn_act(self.bn2, self.conv2(out))
+            return bn_act(self.bn3, self.conv3(out), x, stash=stash)
         identity = _shortcut(self, x)
         out = bn_act(self.bn1, self.conv1(x))
         out = bn_act(self.bn2, self.conv2(out))

@@ -43,19 +43,30 @@ class MatmulConv1x1(nn.Conv2d):
     """An `nn.Conv2d` with a 1x1 kernel that runs as a matrix product for CPU channels_last inputs in bf16 (autocast
     or bf16 tensors), where it measured faster; a plain Conv2d otherwise (in fp32 it measured no faster)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x: torch.Tensor) -> bool:
         bf16 = x.dtype == torch.bfloat16 or (
             torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         )
-        if (
+        return (
             bf16
             and x.device.type == "cpu"
             and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last)
             and use_matmul(self.stride, x.shape[-2], x.shape[-1])
-        ):
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._matmul(x):
             return conv1x1_as_matmul(x, self.weight, self.bias, self.stride)
         return super().forward(x)
+
+    def forward_sharing(self, x: torch.Tensor, stash: GradStash) -> torch.Tensor:
+        """`forward`, arming `stash` when the input gradient can absorb the shortcut's (see `GradStash`)."""
+        if self.bias is not None or self.stride != (1, 1) or x.dtype != torch.bfloat16 or not self._matmul(x):
+            return self.forward(x)
+        stash.armed = True
+        with torch.autocast("cpu", enabled=False):  # cast here, as autocast would, so the Function sees bf16
+            return _Conv1x1AddGrad.apply(x, self.weight.to(torch.bfloat16), stash)
 
 
 def is_plain_1x1(module: nn.Module) -> bool:
@@ -76,3 +87,52 @@ def enable_matmul_1x1(model: nn.Module) -> int:
             module.__class__ = MatmulConv1x1
             switched += 1
     return switched
+
+
+# ---------------------------------------------------------------------------------------------- shared input gradient
+
+
+class GradStash:
+    """Carries a residual's gradient from the block's last fused BatchNorm to its first 1x1 convolution.
+
+    A bottleneck's input x feeds both the identity shortcut and conv1, so its gradient is the sum of two tensors,
+    which autograd adds in a separate pass over the activation (ResNet-50's layer1: three 103 MB bf16 tensors read or
+    written). When conv1 takes `_Conv1x1AddGrad` (`armed`), the fused BatchNorm of the block's end puts the shortcut's
+    gradient here instead of returning it, and conv1's backward adds its own product into it with one `addmm_`: the
+    GEMM reads the sum's other half as it writes. The BatchNorm's backward always runs first: conv1's backward needs
+    the gradient that flows back from it through the block.
+    """
+
+    __slots__ = ("armed", "grad")
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.grad: torch.Tensor | None = None
+
+
+class _Conv1x1AddGrad(torch.autograd.Function):
+    """`conv1x1_as_matmul` (stride 1, no bias) whose input gradient is added into `stash.grad` when it holds one."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stash: GradStash) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stash = stash
+        return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1)).permute(0, 3, 1, 2)  # (N, O, H, W), channels_last
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, weight = ctx.saved_tensors
+        n, c, h, w = x.shape
+        o = weight.shape[0]
+        dy = grad_out.permute(0, 2, 3, 1).reshape(n * h * w, o)  # (M, O); a view for a channels_last gradient
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            shortcut, ctx.stash.grad = ctx.stash.grad, None
+            if shortcut is None:  # the shortcut's gradient went through autograd (its BatchNorm was not fused)
+                grad_x = (dy @ weight.view(o, c)).view(n, h, w, c).permute(0, 3, 1, 2)
+            else:
+                shortcut.permute(0, 2, 3, 1).view(n * h * w, c).addmm_(dy, weight.view(o, c))
+                grad_x = shortcut
+        if ctx.needs_input_grad[1]:
+            grad_w = (dy.t() @ x.permute(0, 2, 3, 1).reshape(n * h * w, c)).view(o, c, 1, 1)
+        return grad_x, grad_w, None

@@ -130,3 +130,41 @@ def test_fit_takes_the_matmul_in_bf16_and_resumes_exactly(digits_dir, tmp_path, 
     calls.clear()
     fit(tiny_config(digits_dir, tmp_path / "fp32", **{**overrides, "amp": "off", "epochs": 1}), log=lambda _: None)
     assert not calls  # fp32 training keeps oneDNN's convolution
+
+
+def test_bottleneck_input_gradient_absorbs_the_shortcut(monkeypatch):
+    from resnetlab.engine.bn_act import enable_fused_bn_act, load_library
+    from resnetlab.models.resnet import Bottleneck
+
+    if load_library(torch.bfloat16) is None:
+        pytest.skip("the fused BatchNorm kernels could not be built here")
+    torch.manual_seed(0)
+    exact = nn.Sequential(Bottleneck(256, 64), Bottleneck(256, 64)).train().to(memory_format=torch.channels_last)
+    conv = copy.deepcopy(exact)
+    enable_fused_bn_act(conv)
+    fast = copy.deepcopy(conv)
+    assert enable_matmul_1x1(fast) == 4
+    shared = []
+    backward = conv1x1._Conv1x1AddGrad.backward
+
+    def spy(ctx, grad_out: torch.Tensor) -> tuple:
+        shared.append(ctx.stash.grad is not None)
+        return backward(ctx, grad_out)
+
+    monkeypatch.setattr(conv1x1._Conv1x1AddGrad, "backward", spy)
+    x = torch.randn(4, 256, 12, 10).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(4, 256, 12, 10).contiguous(memory_format=torch.channels_last)
+
+    def grads(model: nn.Module, bf16: bool) -> list[torch.Tensor]:
+        xi = (x.bfloat16() if bf16 else x).requires_grad_()  # the dtype a block input has in bf16 training
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = model(xi)
+        return [g.float() for g in torch.autograd.grad(y, [xi, *model.parameters()], dy.to(y.dtype))]
+
+    ref = grads(exact, bf16=False)
+    a, b = grads(fast, bf16=True), grads(fast, bf16=True)
+    assert shared == [True, True, True, True]  # each block's conv1 took the shortcut's gradient, in both runs
+    assert all(torch.equal(p, q) for p, q in zip(a, b))  # deterministic (exact resume relies on it)
+    for i, (r, g_conv, g_fast) in enumerate(zip(ref, grads(conv, bf16=True), a)):
+        err_conv, err_fast = ((g - r).norm() / r.norm() for g in (g_conv, g_fast))
+        assert err_fast <= 1.25 * err_conv + 1e-3, (i, err_conv.item(), err_fast.item())
