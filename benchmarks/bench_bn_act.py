@@ -69,17 +69,28 @@ def alternate(runs: dict[str, Callable[[], None]], rounds: int, steps: int) -> d
     return best
 
 
-def bench_case(name: str, batch: int, size: int, rounds: int, steps: int, bf16: bool) -> None:
+def compare_models(
+    name: str, batch: int, size: int, rounds: int, steps: int, bf16: bool,
+    prepare: Callable[[nn.Module], object], switch: Callable[[nn.Module], int], labels: tuple[str, str],
+) -> tuple[dict[str, float], int]:  # fmt: skip
+    """Build `name`, `prepare` it, copy it and `switch` the copy; alternate their training steps. Returns images/s
+    per label (the plain model first) and what `switch` returned."""
     torch.manual_seed(0)
-    eager = create_model(name, num_classes=6).to(memory_format=torch.channels_last).train()
+    plain = create_model(name, num_classes=6).to(memory_format=torch.channels_last).train()
     if bf16:
-        enable_gemm_weight_grad(eager)  # as `fit` does
-    fused = copy.deepcopy(eager)
-    switched = enable_fused_bn_act(fused)
+        enable_gemm_weight_grad(plain)  # as `fit` does
+    prepare(plain)
+    other = copy.deepcopy(plain)
+    switched = switch(other)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 6, (batch,))
-    best = alternate({"pytorch": make_step(eager, x, y, bf16), "fused": make_step(fused, x, y, bf16)}, rounds, steps)
-    rate = {k: batch / v for k, v in best.items()}
+    runs = {labels[0]: make_step(plain, x, y, bf16), labels[1]: make_step(other, x, y, bf16)}
+    return {k: batch / v for k, v in alternate(runs, rounds, steps).items()}, switched
+
+
+def bench_case(name: str, batch: int, size: int, rounds: int, steps: int, bf16: bool) -> None:
+    labels = ("pytorch", "fused")
+    rate, switched = compare_models(name, batch, size, rounds, steps, bf16, lambda m: m, enable_fused_bn_act, labels)
     print(
         f"{name} batch {batch} at {size} px ({switched} modules fused): PyTorch ops {rate['pytorch']:.1f} img/s, "
         f"fused {rate['fused']:.1f} img/s, speed-up {rate['fused'] / rate['pytorch']:.2f}x",

@@ -16,19 +16,16 @@ best of each round is reported with the ratio.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import time
 
 import torch
 import torch.nn.functional as F
-from bench_bn_act import alternate, make_step
+from bench_bn_act import compare_models
 
 from resnetlab.engine.allocator import keep_freed_memory
 from resnetlab.engine.bn_act import enable_fused_bn_act
 from resnetlab.engine.conv1x1 import conv1x1_as_matmul, enable_matmul_1x1, use_matmul
-from resnetlab.engine.conv_wgrad import enable_gemm_weight_grad
-from resnetlab.models import create_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,17 +81,10 @@ def bench_layers(batch: int, dtype: torch.dtype) -> None:
 
 
 def bench_case(name: str, batch: int, size: int, rounds: int, steps: int, bf16: bool) -> None:
-    torch.manual_seed(0)
-    conv = create_model(name, num_classes=6).to(memory_format=torch.channels_last).train()
-    if bf16:
-        enable_gemm_weight_grad(conv)  # as `fit` does
-    enable_fused_bn_act(conv)
-    matmul = copy.deepcopy(conv)
-    switched = enable_matmul_1x1(matmul)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 6, (batch,))
-    best = alternate({"conv": make_step(conv, x, y, bf16), "matmul": make_step(matmul, x, y, bf16)}, rounds, steps)
-    rate = {k: batch / v for k, v in best.items()}
+    labels = ("conv", "matmul")  # both with the fused BatchNorm kernels, as `fit` trains
+    rate, switched = compare_models(
+        name, batch, size, rounds, steps, bf16, enable_fused_bn_act, enable_matmul_1x1, labels
+    )
     print(
         f"{name} batch {batch} at {size} px ({switched} 1x1 convolutions): oneDNN convolution {rate['conv']:.1f} img/s,"
         f" matmul {rate['matmul']:.1f} img/s, speed-up {rate['matmul'] / rate['conv']:.2f}x",
