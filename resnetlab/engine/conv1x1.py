@@ -117,7 +117,7 @@ class _Conv1x1AddGrad(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stash: GradStash) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.stash = stash
-        return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1)).permute(0, 3, 1, 2)  # (N, O, H, W), channels_last
+        return conv1x1_as_matmul(x, weight, None, (1, 1))
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
