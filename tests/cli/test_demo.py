@@ -7,7 +7,7 @@ import json
 import pytest
 
 from resnetlab.cli import main
-from resnetlab.commands.demo import DEMO_DATA
+from resnetlab.commands.demo import DEMO_DATA, DEMO_RECIPE, FP32_CPU_EPOCHS, default_epochs
 
 
 @pytest.mark.slow
@@ -23,3 +23,13 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     report = json.loads((out / "eval.json").read_text())
     assert report["num_samples"] == 144 and 0.0 <= report["top1"] <= 1.0  # the 20% held out of 720 photos
     assert (tmp_path / "demo-samples.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("native_bf16", "epochs"), [(True, DEMO_RECIPE["epochs"]), (False, FP32_CPU_EPOCHS)])
+def test_demo_trains_fewer_epochs_where_the_cpu_trains_in_fp32(monkeypatch, native_bf16, epochs):
+    import resnetlab.engine.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: native_bf16)
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    assert default_epochs() == epochs
+    assert FP32_CPU_EPOCHS < DEMO_RECIPE["epochs"]
