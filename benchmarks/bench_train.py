@@ -5,7 +5,8 @@ NCHW, num_workers=0, SGD). Ours: `resnetlab.engine.fit.fit` with its defaults (R
 autocast when the CPU has native bf16), the same batch size (`resnetlab train`'s default) and the same training
 images (our 80% split). Both are reported in images/s of the training loop; ours also end to end (cache fill and
 set-up included), once per optimizer in `--opts` (the default, Muon from scratch, and AdamW: Muon buys accuracy per
-epoch with a costlier step). Our rate is also given as a fraction of this machine's bf16 matmul peak, measured here,
+epoch with a costlier step). Our rate is also given as a fraction of this machine's matmul peak in the type ours
+trains in (bf16; fp32 on a CPU without native bf16, where oneDNN only emulates bf16 at ~1 GFLOP/s), measured here,
 converted to images/s with the model's training cost (3 x forward MACs x 2 FLOPs per image).
 
     .venv/bin/python benchmarks/bench_train.py              # the full measurement (minutes)
@@ -69,10 +70,10 @@ def limited_copy(root: Path, limit: int, dest: Path) -> Path:
     return dest
 
 
-def bf16_peak_flops(device: torch.device, reps: int = 5) -> float:
-    """FLOP/s of a large bf16 matmul on `device` (best of `reps`)."""
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16, reps: int = 5) -> float:
+    """FLOP/s of a large `dtype` matmul on `device` (best of `reps`)."""
     n = 8192 if device.type == "cuda" else 2048
-    a, b = (torch.randn(n, n, dtype=torch.bfloat16, device=device) for _ in range(2))
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
     best = min(_timed(lambda: a @ b, device) for _ in range(reps))
     return 2 * n**3 / best
@@ -125,7 +126,8 @@ def baseline_epoch(data: Path, train_files: set[str], img_size: int, batch_size:
 
 def model_alone(num_classes: int, img_size: int, batch_size: int, steps: int = 6) -> float:
     """torchvision's ResNet-50 training steps on one synthetic batch (no data loading), channels_last + bf16
-    autocast + fused AdamW: the ceiling for any loop on this machine. Returns images/s after two warm-up steps."""
+    autocast where the CPU has native bf16 + fused AdamW: the ceiling for any loop on this machine. Returns images/s
+    after two warm-up steps."""
     from resnetlab.engine.precision import resolve_precision
 
     precision = resolve_precision()
@@ -163,17 +165,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(splits.train)} training images, {args.model} at {args.img_size} px, batch {args.batch_size}")
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ours: {resolve_precision().describe()}")
 
-        device = resolve_precision().device
-        peak = bf16_peak_flops(device)
+        precision = resolve_precision()
+        device, dtype = precision.device, precision.amp_dtype or torch.float32
+        peak = matmul_peak_flops(device, dtype)
+        kind = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
         macs = count_macs(create_model(args.model, num_classes=len(splits.classes)), (3, args.img_size, args.img_size))
         train_flops = 3 * macs * 2
         print(
-            f"bf16 matmul peak {peak / 1e12:.2f} TFLOP/s -> {peak / train_flops:.1f} img/s at {train_flops / 1e9:.1f}"
+            f"{kind} matmul peak {peak / 1e12:.2f} TFLOP/s -> {peak / train_flops:.1f} img/s at {train_flops / 1e9:.1f}"
         )
 
         alone = model_alone(len(splits.classes), args.img_size, args.batch_size) if args.model == "resnet50" else None
         if alone:
-            print(f"torchvision resnet50 alone (synthetic batch, cl+bf16, fused AdamW): {alone:.2f} img/s")
+            print(f"torchvision resnet50 alone (synthetic batch, {precision.describe()}, fused AdamW): {alone:.2f}"
+                  " img/s")  # fmt: skip
 
         base = None
         if not args.skip_baseline:
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {ours:.2f} img/s (training loop), {len(splits.train) / wall:.2f} img/s end to end")
             if base:
                 print(f"  ratio ours / tutorial: {ours / base:.2f}x")
-            print(f"  ours as a fraction of the bf16 matmul peak: {ours * train_flops / peak:.2f}")
+            print(f"  ours as a fraction of the {kind} matmul peak: {ours * train_flops / peak:.2f}")
             if alone:
                 print(f"  ours as a fraction of the model alone (data, loss and bookkeeping cost): {ours / alone:.2f}")
 
