@@ -168,3 +168,30 @@ def test_bottleneck_input_gradient_absorbs_the_shortcut(monkeypatch):
     for i, (r, g_conv, g_fast) in enumerate(zip(ref, grads(conv, bf16=True), a)):
         err_conv, err_fast = ((g - r).norm() / r.norm() for g in (g_conv, g_fast))
         assert err_fast <= 1.25 * err_conv + 1e-3, (i, err_conv.item(), err_fast.item())
+
+
+def test_shared_gradient_when_the_block_input_needs_none():
+    """Staged unfreezing: a trainable bottleneck fed by a frozen stage. The BatchNorm still hands the shortcut's
+    gradient to the stash, and conv1 must leave it unused; the weights' gradients are those of a run whose input
+    wants a gradient too."""
+    from resnetlab.engine.bn_act import enable_fused_bn_act, load_library
+    from resnetlab.models.resnet import Bottleneck
+
+    if load_library(torch.bfloat16) is None:
+        pytest.skip("the fused BatchNorm kernels could not be built here")
+    torch.manual_seed(0)
+    model = nn.Sequential(Bottleneck(256, 64), Bottleneck(256, 64)).train().to(memory_format=torch.channels_last)
+    enable_fused_bn_act(model)
+    assert enable_matmul_1x1(model) == 4
+    x = torch.randn(2, 256, 8, 6).contiguous(memory_format=torch.channels_last).bfloat16()
+    dy = torch.randn(2, 256, 8, 6).contiguous(memory_format=torch.channels_last).bfloat16()
+
+    def weight_grads(wants_input_grad: bool) -> list[torch.Tensor]:
+        xi = x.clone().requires_grad_(wants_input_grad)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(xi)
+        return list(torch.autograd.grad(y, list(model.parameters()), dy))
+
+    frozen, free = weight_grads(False), weight_grads(True)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, free))
+    assert all(g.abs().sum() > 0 for g in frozen)
