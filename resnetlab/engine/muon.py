@@ -41,8 +41,12 @@ GRAM_MIN_ASPECT = 4
 # update's norm away from the exact iteration (10 of 144 banks above 0.1; standard bf16 at most 0.03), every 2 at
 # 1.5-1.7x the standard form's error. So `auto` takes it in fp32 only (errors <= 5e-5 on the same matrices).
 GRAM_DTYPES = (torch.float32, torch.float64)
-# The Gram form rebuilds its Gram matrix from x every this many iterations (4 long products in 5 iterations).
+# In half precision the Gram form rebuilds its Gram matrix from x every this many iterations (4 long products in 5
+# iterations). In fp32 it never does (2 long products): on momentum matrices from real runs both stayed within 6e-5 of
+# the float64 iteration, the worst synthetic case (a rank-1 bank) 2.0e-4 with restarts and 2.8e-4 without, and
+# ResNet-18's three 512 x 4608 banks took 329 -> 215 ms on a 2-core AVX2 CPU (benchmarks/RESULTS.md).
 GRAM_RESTART_EVERY = 3
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 METHODS = ("auto", "standard", "gram")
 
 
@@ -94,16 +98,18 @@ def _gram_newton_schulz(x: Tensor, steps: int, tall: bool) -> Tensor:
 
     Each iteration multiplies x by M = a I + b R + c R^2, a polynomial in its Gram matrix R (s, s). All these
     matrices commute, so x_t = Q x_0 with Q = M_1 ... M_t, and the next Gram matrix is M R M: both stay (s, s). Only
-    building R from x and applying Q touch the long side: 4 long products in 5 iterations instead of 10.
+    building R from x and applying Q touch the long side: 2 long products in 5 iterations instead of 10 (4 in half
+    precision, which restarts every GRAM_RESTART_EVERY iterations).
     """
     a, b, c = NS_COEFFICIENTS
 
     def apply(q: Tensor, x: Tensor) -> Tensor:
         return torch.bmm(x, q) if tall else torch.bmm(q, x)  # q is symmetric
 
+    every = GRAM_RESTART_EVERY if x.dtype in HALF_DTYPES else steps
     q: Tensor | None = None
     for t in range(steps):
-        if t % GRAM_RESTART_EVERY == 0:  # restart: fold Q into x, rebuild R from it
+        if t % every == 0:  # restart: fold Q into x, rebuild R from it
             if q is not None:
                 x = apply(q, x)
             r, q = _gram(x, tall), None
@@ -113,7 +119,7 @@ def _gram_newton_schulz(x: Tensor, steps: int, tall: bool) -> Tensor:
             q.diagonal(dim1=-2, dim2=-1).add_(a)  # a I + Z
         else:
             q = torch.baddbmm(q, q, z, beta=a)  # Q (a I + Z)
-        if (t + 1) % GRAM_RESTART_EVERY and t + 1 < steps:  # R is needed by the next iteration
+        if (t + 1) % every and t + 1 < steps:  # R is needed by the next iteration
             rz = torch.baddbmm(r, r, z, beta=a)  # R (a I + Z)
             r = torch.baddbmm(rz, z, rz, beta=a)  # (a I + Z) R (a I + Z)
     return x if q is None else apply(q, x)
