@@ -16,7 +16,7 @@ DEMO_DATA = REPO_ROOT / "demo" / "trashnet-mini"
 # Chosen by measurement (benchmarks/RESULTS.md): fits the 5-minute budget on a 2-core CPU.
 DEMO_RECIPE = {"model": "resnet18", "img_size": 96, "epochs": 20}
 # A CPU without native bf16 (AVX2 laptops) trains in fp32: 20 epochs took 300 s of a 324 s demo on a 2-core AVX2
-# EPYC, so it trains 13 (185 s; 0.750 against 0.785 for 20, seed 0).
+# EPYC, so it trains 13 (the whole demo 171-228 s there; 0.736-0.750 against 0.785 for 20, seed 0).
 FP32_CPU_EPOCHS = 13
 
 
