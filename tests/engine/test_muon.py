@@ -191,3 +191,18 @@ def test_auto_is_muon_from_scratch_and_adamw_for_pretrained():
     assert TrainConfig().resolved_lr() == pytest.approx(2e-3)
     assert TrainConfig(opt="adamw").resolved_lr() == pytest.approx(1e-3)
     assert TrainConfig().resolved_wd() == TrainConfig(opt="adamw").resolved_wd() == 0.05
+
+
+@pytest.mark.parametrize(("dtype", "long_products"), [(torch.float32, 2), (torch.bfloat16, 4)])
+def test_gram_form_restarts_in_half_precision_only(monkeypatch, dtype, long_products):
+    # fp32 builds R once and applies Q once; bf16 also folds Q into x and rebuilds R after 3 iterations.
+    calls = []
+    bmm = torch.bmm
+
+    def counting_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append(576 in (*a.shape[1:], *b.shape[1:]))  # touches the long side
+        return bmm(a, b)
+
+    monkeypatch.setattr(torch, "bmm", counting_bmm)
+    orthogonalize(torch.randn(2, 64, 576), dtype=dtype, method="gram")
+    assert sum(calls) == long_products
