@@ -28,11 +28,11 @@ into the GEMM's epilogue could save part of it.
 from __future__ import annotations
 
 import argparse
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+from bench_conv1x1 import best_ms
 from bench_train import DEFAULT_BATCH, matmul_peak_flops
 from torch import nn
 
@@ -65,13 +65,17 @@ class Gemm:
         return 2 * self.m * self.k * self.n
 
 
-def layer_gemms(model: nn.Module, img_size: int, batch: int) -> dict[str, list[Gemm]]:
-    """The three products of every Conv2d / Linear in one training step, by the layer's name (one forward pass)."""
+def record_step(model: nn.Module, img_size: int, batch: int) -> tuple[dict[str, list[Gemm]], int]:
+    """One forward pass: the three products of every Conv2d / Linear in a training step, by the layer's name, and
+    the number of elements BatchNorm layers output."""
     found: dict[str, list[Gemm]] = {}
-    first = True
+    bn_elements = 0
 
-    def hook(name: str, module: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal first
+    def hook(name: str, module: nn.Module, out: torch.Tensor) -> None:
+        nonlocal bn_elements
+        if isinstance(module, nn.BatchNorm2d):
+            bn_elements += out.numel()
+            return
         if isinstance(module, nn.Conv2d):
             groups = module.groups
             m = out.shape[0] * out.shape[2] * out.shape[3]  # N * Ho * Wo
@@ -80,66 +84,36 @@ def layer_gemms(model: nn.Module, img_size: int, batch: int) -> dict[str, list[G
         else:
             groups, m, k, n = 1, out.shape[0], module.in_features, module.out_features
         gemms = [Gemm(m, k, n)] * groups  # forward
-        if not first:  # the stem's input is the image: no gradient needed
+        if found:  # not the stem: its input is the image, which needs no gradient
             gemms += [Gemm(m, n, k)] * groups
         gemms += [Gemm(n, m, k)] * groups  # weight gradient
         found[name] = gemms
-        first = False
 
     handles = [
-        m.register_forward_hook(lambda mod, i, o, name=name: hook(name, mod, i, o))
+        m.register_forward_hook(lambda mod, _i, o, name=name: hook(name, mod, o))
         for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))
     ]
     with torch.no_grad():
         model.eval()(torch.zeros(batch, 3, img_size, img_size))
     for h in handles:
         h.remove()
-    return found
+    return found, bn_elements
 
 
 def gemm_seconds(g: Gemm, dtype: torch.dtype, reps: int) -> float:
     """Best time of `g` with `dtype` operands, over both layouts of the right operand (contiguous, or a transposed
     view of a contiguous (n, k) tensor, as a channels_last conv weight is)."""
-    a = torch.randn(g.m, g.k, dtype=dtype)
-    best = float("inf")
-    for b in (torch.randn(g.k, g.n, dtype=dtype), torch.randn(g.n, g.k, dtype=dtype).t()):
-        out = torch.empty(g.m, g.n, dtype=dtype)
-        torch.mm(a, b, out=out)  # warm-up
-        for _ in range(reps):
-            t = time.perf_counter()
-            torch.mm(a, b, out=out)
-            best = min(best, time.perf_counter() - t)
-    return best
+    a, out = torch.randn(g.m, g.k, dtype=dtype), torch.empty(g.m, g.n, dtype=dtype)
+    layouts = (torch.randn(g.k, g.n, dtype=dtype), torch.randn(g.n, g.k, dtype=dtype).t())
+    return min(best_ms(lambda b=b: torch.mm(a, b, out=out), reps) for b in layouts) / 1000
 
 
-def copy_bandwidth(nbytes: int = 100 * 2**20, reps: int = 5) -> float:
+def copy_bandwidth(nbytes: int = 100 * 2**20) -> float:
     """Bytes/s moved (read + write) by a plain copy of a tensor bigger than the caches."""
     src = torch.randn(nbytes // 4)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - t)
-    return 2 * nbytes / best
-
-
-def batchnorm_bytes(model: nn.Module, img_size: int, batch: int, itemsize: int) -> int:
-    """The least traffic of every BatchNorm in a step: forward 2 passes, backward 3, over its activation."""
-    total = 0
-
-    def hook(_m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        total += 5 * out.numel() * itemsize
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    with torch.no_grad():
-        model.eval()(torch.zeros(batch, 3, img_size, img_size))
-    for h in handles:
-        h.remove()
-    return total
+    return 2 * nbytes / (best_ms(lambda: dst.copy_(src)) / 1000)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{kind} matmul peak (2048^3): {peak / 1e12:.2f} TFLOP/s; a step's useful work {useful / 1e9:.0f} GFLOP "
           f"-> {useful / peak:.3f} s at the peak", flush=True)  # fmt: skip
 
-    gemms = layer_gemms(model, args.img_size, args.batch_size)
+    gemms, bn_elements = record_step(model, args.img_size, args.batch_size)
     timed: dict[Gemm, float] = {}
     by_stage: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # stage -> [seconds, flops]
     for name, layer in gemms.items():
@@ -182,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{useful / gemm_s / peak:.2f} of the peak", flush=True)  # fmt: skip
 
     bw = copy_bandwidth()
-    bn_s = batchnorm_bytes(model, args.img_size, args.batch_size, dtype.itemsize) / bw
+    bn_s = 5 * bn_elements * dtype.itemsize / bw  # BatchNorm: forward 2 passes, backward 3, over its output
     step = gemm_s + bn_s
     print(f"plus BatchNorm's least traffic at copy bandwidth ({bw / 1e9:.1f} GB/s, {bn_s:.3f} s), an estimate: "
           f"{args.batch_size / step:.1f} img/s, {useful / step / peak:.2f} of the peak")  # fmt: skip

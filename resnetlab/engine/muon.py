@@ -46,7 +46,6 @@ GRAM_DTYPES = (torch.float32, torch.float64)
 # the float64 iteration, the worst synthetic case (a rank-1 bank) 2.0e-4 with restarts and 2.8e-4 without, and
 # ResNet-18's three 512 x 4608 banks took 329 -> 215 ms on a 2-core AVX2 CPU (benchmarks/RESULTS.md).
 GRAM_RESTART_EVERY = 3
-HALF_DTYPES = (torch.bfloat16, torch.float16)
 METHODS = ("auto", "standard", "gram")
 
 
@@ -106,7 +105,7 @@ def _gram_newton_schulz(x: Tensor, steps: int, tall: bool) -> Tensor:
     def apply(q: Tensor, x: Tensor) -> Tensor:
         return torch.bmm(x, q) if tall else torch.bmm(q, x)  # q is symmetric
 
-    every = GRAM_RESTART_EVERY if x.dtype in HALF_DTYPES else steps
+    every = steps if x.dtype in GRAM_DTYPES else GRAM_RESTART_EVERY
     q: Tensor | None = None
     for t in range(steps):
         if t % every == 0:  # restart: fold Q into x, rebuild R from it
