@@ -84,7 +84,12 @@ class TrainConfig:
     lr_mult: float = _f(100.0, "staged mode: the first stage trains at lr/lr_mult, rising geometrically to the head")
     freeze_bn: bool = _f(False, "keep every BatchNorm in eval mode (frozen statistics, affine still trains)")
     # --- optimisation
-    epochs: int = _f(20, "number of epochs")
+    epochs: int = _f(20, "number of epochs (with --time: at most this many)")
+    time: str | None = _f(
+        None,
+        "wall-clock budget for the whole run, e.g. 90s, 20m, 1.5h: after each epoch the run plans how many of "
+        "--epochs fit and shortens the LR schedule to end there (default: none)",
+    )
     batch_size: int = _f(64, "global batch size (split across processes under torchrun)")
     opt: str = _f("auto", "optimizer: sgd, adam, adamw, muon; auto = muon from scratch, adamw with --pretrained")
     lr: float | None = _f(None, "peak learning rate (default: per optimizer, scaled with the batch size)")
@@ -162,6 +167,8 @@ class TrainConfig:
             raise ResnetlabError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.img_size is not None and self.img_size < 8:
             raise ResnetlabError(f"img_size must be at least 8 pixels, got {self.img_size}")
+        if self.time is not None:
+            parse_duration(self.time, "time")
         if self.ema and not 0.0 < self.ema < 1.0:
             raise ResnetlabError(f"ema {self.ema}: a decay between 0 and 1 (e.g. 0.998), or 0 for no averaging")
         return self
@@ -177,6 +184,10 @@ class TrainConfig:
         if self.pretrained and self.mode == "finetune":
             lr *= 0.25  # pretrained features need smaller steps than a fresh network
         return lr
+
+    def time_budget_s(self) -> float | None:
+        """`time` in seconds, or None without a budget."""
+        return None if self.time is None else parse_duration(self.time, "time")
 
     def resolved_wd(self) -> float:
         """`wd`, or the optimizer's own default (`BASE_WD`)."""
@@ -217,6 +228,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ResnetlabError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
     return data
+
+
+DURATION_UNITS: dict[str, float] = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str, option: str = "time") -> float:
+    """`"90s"`, `"20m"`, `"1.5h"` -> seconds. A unit is required: a bare number means hours to Ultralytics users."""
+    text = str(value).strip().lower()
+    unit = DURATION_UNITS.get(text[-1:]) if text else None
+    try:
+        seconds = float(text[:-1]) * unit if unit is not None else None
+    except ValueError:
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise ResnetlabError(f"{option} {value!r}: give a positive duration with a unit, e.g. 90s, 20m or 1.5h")
+    return seconds
 
 
 def parse_int_list(value: Any) -> list[int]:

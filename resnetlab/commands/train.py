@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   resnetlab train data/pets --model resnet50 --pretrained imagenet --mode staged --epochs 5
   resnetlab train --config recipe.yaml --lr 3e-3
   resnetlab train --resume runs/trashnet-resnet18 --epochs 30
+  resnetlab train data/trashnet --epochs 50 --time 20m
   torchrun --nproc-per-node 4 -m resnetlab train data/trashnet --batch-size 256
 """
 

@@ -24,7 +24,14 @@ from resnetlab.config import TrainConfig
 from resnetlab.engine import distributed as ddp
 from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.engine.evaluate import evaluate
-from resnetlab.engine.optim import build_optimizer, build_schedule, configure_phase, param_groups, plan_phases
+from resnetlab.engine.optim import (
+    build_optimizer,
+    build_schedule,
+    configure_phase,
+    param_groups,
+    plan_phases,
+    retarget_schedule,
+)
 from resnetlab.engine.precision import Precision, inference_mode, resolve_precision
 from resnetlab.engine.run_state import capture_rng, restore_rng, seed_epoch, seed_everything
 from resnetlab.engine.train import progress_enabled, train_one_epoch
@@ -330,6 +337,8 @@ def _fmt(row: dict[str, Any], total: int, best: tuple[float, int]) -> str:
 
 # ---------------------------------------------------------------------------------------------- the loop
 
+clock = time.perf_counter  # the run's wall clock (`--time`, summary.json); tests put a fake one here
+
 
 def make_criterion(cfg: TrainConfig, counts: list[int], device: torch.device) -> nn.Module:
     weight = None
@@ -344,9 +353,11 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     info = ddp.init_distributed(cfg.device)
     try:
         trainer = Trainer(cfg, info, log if info.is_main else (lambda _msg: None))
-        for epoch in range(trainer.start_epoch, cfg.epochs):
+        epoch = trainer.start_epoch
+        while epoch < trainer.epochs:  # a --time budget may move the end after each epoch
             if trainer.run_epoch(epoch):
                 break
+            epoch += 1
         return trainer.finish()
     finally:
         ddp.cleanup(info)
@@ -361,7 +372,7 @@ class Trainer:
         if not cfg.data:
             raise ResnetlabError("no data folder: pass DIR (one sub-folder per class) or set data in --config")
         self.cfg, self.info, self.log = cfg, info, log
-        self.started = time.perf_counter()
+        self.started = clock()
         self.precision = resolve_precision(ddp.device_for(info, cfg.device), cfg.amp, cfg.channels_last)
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
         run_dir = Path(cfg.resume) if cfg.resume else (make_run_dir(cfg) if info.is_main else None)
@@ -413,7 +424,13 @@ class Trainer:
             self.mixer = MixupCutmix(self.splits.num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
         self.scaler = torch.amp.GradScaler(self.precision.device.type, enabled=self.precision.needs_grad_scaler)
         self.lr, self.wd = cfg.resolved_lr(), cfg.resolved_wd()  # config.yaml keeps None where a default applied
-        self.phases = plan_phases(cfg.mode, cfg.epochs, cfg.freeze_epochs)
+        # The planned length: --epochs, or fewer when a --time budget says so (kept in checkpoints for --resume).
+        self.budget = cfg.time_budget_s()
+        self.epochs = cfg.epochs
+        if ckpt and self.budget is not None and ckpt.get("planned_epochs"):
+            self.epochs = min(cfg.epochs, int(ckpt["planned_epochs"]))
+        self.elapsed_before = float(ckpt.get("elapsed_seconds", 0.0)) if ckpt else 0.0  # the budget spans resumes
+        self.phases = plan_phases(cfg.mode, self.epochs, cfg.freeze_epochs)
         self.phase = -1  # index into self.phases; start_phase fills the four attributes below
         self.eval_modules: list[nn.Module] = []
         self.train_model = self.optimizer = self.schedule = None
@@ -440,9 +457,12 @@ class Trainer:
             f"{self.precision.describe()}{', fused BN' if self.fused_bn else ''}, "
             f"batch {cfg.batch_size}{f' on {info.world_size} processes' if info.enabled else ''}, "
             f"{cfg.resolved_opt()} lr {self.lr:.2e} wd {self.wd:g} {cfg.sched}{f', EMA {cfg.ema}' if cfg.ema else ''}, "
-            f"mode {cfg.mode}{' (cached features)' if self.cached else ''} "
+            f"mode {cfg.mode}{' (cached features)' if self.cached else ''}"
+            f"{f', time budget {cfg.time}' if self.budget is not None else ''} "
             f"-> {self.run_dir}"
         )
+        self.epoch_seconds: list[float] = []  # wall time of each epoch in this process, saving included
+        self.mark = clock()
 
     def start_phase(self, epoch: int) -> None:
         """Enter the phase holding `epoch` when it is a new one: (un)freeze, fresh optimizer and schedule."""
@@ -456,14 +476,52 @@ class Trainer:
         self.train_model = _wrap(trained, cfg, self.info, self.precision)
         groups = param_groups(pairs, self.wd)
         self.optimizer = build_optimizer(cfg.resolved_opt(), groups, self.lr, cfg.momentum, cfg.nesterov)
-        self.schedule = build_schedule(
-            cfg.sched, self.optimizer, end - first, len(self.data.train_loader), cfg.warmup_epochs,
-            cfg.min_lr_ratio, cfg.step_size, cfg.gamma, [m - first for m in cfg.milestones if m > first],
-        )  # fmt: skip
+        self.schedule = build_schedule(cfg.sched, self.optimizer, end - first, **self._schedule_args(first))
         if self.ckpt is not None and epoch == self.start_epoch and epoch > first:  # resumed mid-phase
             self.optimizer.load_state_dict(self.ckpt["optimizer"])
             self.schedule.load_state_dict(self.ckpt["scheduler"])
             self.scaler.load_state_dict(self.ckpt["scaler"])
+
+    def _schedule_args(self, first: int) -> dict[str, Any]:
+        """build_schedule's arguments past the length, for a phase starting at epoch `first`."""
+        cfg = self.cfg
+        return {
+            "steps_per_epoch": len(self.data.train_loader),
+            "warmup_epochs": cfg.warmup_epochs,
+            "min_lr_ratio": cfg.min_lr_ratio,
+            "step_size": cfg.step_size,
+            "gamma": cfg.gamma,
+            "milestones": [m - first for m in cfg.milestones if m > first],
+        }
+
+    def elapsed(self) -> float:
+        """Seconds this run has taken so far, counting earlier sessions of a resumed run."""
+        return self.elapsed_before + clock() - self.started
+
+    def fit_to_budget(self, epoch: int) -> str | None:
+        """With --time: re-plan the run's length after `epoch`; returns a line to log when the plan changed."""
+        now = clock()
+        self.epoch_seconds.append(now - self.mark)
+        self.mark = now
+        if self.budget is None:
+            return None
+        done = epoch + 1
+        planned = min(self.cfg.epochs, done + epochs_that_fit(self.budget - self.elapsed(), self.epoch_seconds))
+        planned = ddp.broadcast_object(planned, self.info)  # every rank must stop at the same epoch
+        if planned == self.epochs:
+            return None
+        old_end = self.phases[self.phase][2]
+        self.epochs, self.phases = planned, plan_phases(self.cfg.mode, planned, self.cfg.freeze_epochs)
+        _, first, end = self.phases[self.phase]
+        if end != old_end and done < end:  # the current phase goes on over a new length: re-target its LR schedule
+            self.schedule = retarget_schedule(
+                self.schedule, self.optimizer, self.cfg.sched, end - first, **self._schedule_args(first)
+            )
+        per_epoch = seconds_per_epoch(self.epoch_seconds)
+        return (
+            f"time budget {self.cfg.time}: {self.elapsed():.0f} s used, {per_epoch:.1f} s per epoch; "
+            f"the run now ends after epoch {planned}"
+        )
 
     def run_epoch(self, epoch: int) -> bool:
         """Train and validate one epoch, save checkpoints and logs; True when early stopping says stop."""
@@ -477,7 +535,7 @@ class Trainer:
             self.train_model, data.train_loader, self.optimizer, self.schedule, self.criterion, self.step_precision,
             scaler=self.scaler, mixer=self.mixer, aux_weight=cfg.aux_weight, grad_clip=cfg.grad_clip,
             eval_modules=[] if self.cached else self.eval_modules, freeze_bn=cfg.freeze_bn, info=self.info,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=self.progress, ema=self.ema,
+            desc=f"epoch {epoch + 1}/{self.epochs}", progress=self.progress, ema=self.ema,
         )  # fmt: skip
         if not math.isfinite(stats["loss"]):
             raise ResnetlabError(
@@ -508,9 +566,12 @@ class Trainer:
             "img_s": stats["img_s"],
         }
         self.history.append(row)
+        replanned = self.fit_to_budget(epoch)
         if self.info.is_main:
             self.save(row, improved)
-        self.log(_fmt(row, cfg.epochs, (self.best_acc, self.best_epoch)))
+        self.log(_fmt(row, self.epochs, (self.best_acc, self.best_epoch)))
+        if replanned:
+            self.log(replanned)
         if cfg.patience and epoch + 1 - self.best_epoch >= cfg.patience:
             self.log(f"early stop: no better val accuracy for {cfg.patience} epochs")
             self.stopped_early = True
@@ -538,6 +599,8 @@ class Trainer:
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng(self.data.generators),
+            "planned_epochs": self.epochs,
+            "elapsed_seconds": self.elapsed(),
         }
         save_checkpoint(self.run_dir / "last.pt", payload)
         if improved:
@@ -555,8 +618,10 @@ class Trainer:
             "best_val_acc": self.best_acc if self.best_acc >= 0 else None,
             "final_val_acc": self.history[-1]["val_acc"] if self.history else None,
             "epochs_run": len(self.history),
+            "epochs_planned": self.epochs,
+            "time_budget_s": self.budget,
             "stopped_early": self.stopped_early,
-            "wall_seconds": time.perf_counter() - self.started,
+            "wall_seconds": clock() - self.started,
             "train_images_per_s": self.train_images / self.train_seconds if self.train_seconds else None,
             "precision": self.precision.describe(),
             "feature_cache": self.cached,
@@ -567,11 +632,26 @@ class Trainer:
             from resnetlab.report.plots import plot_curves
 
             self.writer.close()
-            rows = read_history(self.run_dir / "history.csv", self.cfg.epochs)
+            rows = read_history(self.run_dir / "history.csv", self.epochs)
             plot_curves(rows, self.run_dir / "curves.png", title=self.run_dir.name)
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         ddp.barrier(self.info)
         return summary
+
+
+def seconds_per_epoch(epoch_seconds: list[float]) -> float:
+    """The expected length of the next epoch: the mean of those run so far in this process.
+
+    The first epoch of a process pays one-off costs (kernel selection, allocator warm-up), so once there are later
+    epochs it is left out.
+    """
+    recent = epoch_seconds[1:] or epoch_seconds
+    return sum(recent) / len(recent)
+
+
+def epochs_that_fit(seconds_left: float, epoch_seconds: list[float]) -> int:
+    """How many more epochs fit in `seconds_left`, judged by the epochs run so far."""
+    return max(0, math.floor(seconds_left / max(seconds_per_epoch(epoch_seconds), 1e-9)))
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, info: ddp.DistInfo, precision: Precision) -> nn.Module:

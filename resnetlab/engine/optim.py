@@ -110,6 +110,14 @@ class Schedule:
     def __init__(self, per_step: Any = None, per_epoch: Any = None, warmup_steps: int = 0) -> None:
         self.per_step, self.per_epoch, self.warmup_steps = per_step, per_epoch, warmup_steps
         self.steps = 0
+        self.base_lrs: list[float] = []  # each group's peak rate, set by build_schedule
+
+    def fast_forward(self, steps: int) -> None:
+        """Stand at optimizer step `steps`, each group's LR set to this schedule's value there (closed form)."""
+        self.steps = steps
+        if self.per_step is not None and steps:
+            self.per_step.last_epoch = steps - 1
+            self.per_step.step()
 
     def step(self) -> None:
         self.steps += 1
@@ -187,7 +195,31 @@ def build_schedule(
     total = max(1, epochs * steps_per_epoch)
     warmup = min(int(round(warmup_epochs * steps_per_epoch)), total // 2)
     extra = {"min_lr_ratio": min_lr_ratio, "step_size": step_size, "gamma": gamma, "milestones": milestones or []}
-    return SCHEDULERS[name](optimizer, total, steps_per_epoch, warmup, extra)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    schedule = SCHEDULERS[name](optimizer, total, steps_per_epoch, warmup, extra)
+    schedule.base_lrs = base_lrs
+    return schedule
+
+
+# Schedules whose shape does not depend on the run's length: a changed epoch plan leaves them as they are.
+LENGTH_FREE_SCHEDULES = frozenset({"constant", "plateau"})
+
+
+def retarget_schedule(
+    old: Schedule, optimizer: torch.optim.Optimizer, name: str, epochs: int, **kwargs: Any
+) -> Schedule:
+    """`old` re-planned over `epochs` epochs and continued at its current step (a `--time` budget moved the end).
+
+    The new schedule is built from the peak rates, then fast-forwarded: the next step's LR is the new shape's value
+    there, so a cosine still anneals to its floor at the new end.
+    """
+    if name in LENGTH_FREE_SCHEDULES:
+        return old
+    for group, lr in zip(optimizer.param_groups, old.base_lrs):
+        group["lr"] = lr
+    new = build_schedule(name, optimizer, epochs, **kwargs)
+    new.fast_forward(old.steps)
+    return new
 
 
 # ---------------------------------------------------------------------------------------------- freezing

@@ -1,0 +1,141 @@
+"""`--time`: a wall-clock budget that plans the run's length after each epoch and re-targets the LR schedule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import resnetlab.engine.fit as fit_module
+from resnetlab.config import TrainConfig, parse_duration
+from resnetlab.engine.checkpoint import load_checkpoint
+from resnetlab.engine.fit import epochs_that_fit, fit, seconds_per_epoch
+from resnetlab.engine.optim import (
+    LENGTH_FREE_SCHEDULES,
+    SCHEDULERS,
+    build_optimizer,
+    build_schedule,
+    param_groups,
+    retarget_schedule,
+)
+from resnetlab.errors import ResnetlabError
+from tests.engine.conftest import Killed, kill_after, tiny_config
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90.0), ("20m", 1200.0), ("1.5h", 5400.0), (" 2M ", 120.0)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5", "0.5", "m", "-1m", "0s", "tenm", "infh", ""])
+def test_bad_durations_name_the_option(text):
+    # A bare number is refused: Ultralytics reads it as hours, a CPU user may mean minutes.
+    with pytest.raises(ResnetlabError, match=r"^time .*: give a positive duration with a unit, e.g. 90s"):
+        TrainConfig.from_dict({"time": text})
+
+
+def test_cli_rejects_a_time_without_unit(digits_dir, capsys):
+    from resnetlab.cli import main
+
+    assert main(["train", str(digits_dir), "--time", "5"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "time '5'" in err[0] and "Traceback" not in err[0]
+
+
+def test_epochs_that_fit_leaves_out_the_first_epoch():
+    assert seconds_per_epoch([30.0]) == 30.0
+    assert seconds_per_epoch([30.0, 10.0, 12.0]) == 11.0  # the first epoch's one-off costs are not repeated
+    assert epochs_that_fit(100.0, [30.0, 10.0, 12.0]) == 9
+    assert epochs_that_fit(100.0, [30.0]) == 3
+    assert epochs_that_fit(-5.0, [10.0]) == 0  # over budget: stop now
+
+
+def _lr_after(schedule_fn, steps: int) -> list[float]:
+    """Each group's LR at optimizer step `steps` of a schedule stepped there one step at a time."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    opt = build_optimizer("adamw", param_groups([(model[0], 1e-3), (model[1], 4e-3)], 0.01), 1e-3)
+    sched = schedule_fn(opt)
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+    return opt, sched
+
+
+@pytest.mark.parametrize("name", sorted(set(SCHEDULERS) - LENGTH_FREE_SCHEDULES))
+def test_retargeted_schedule_continues_like_one_built_for_the_new_length(name):
+    # 4 steps per epoch, planned for 10 epochs, re-planned to 5 after 2 epochs: from step 8 on, the LRs must be those
+    # of a schedule built for 5 epochs from the start (same warm-up), to its very end.
+    args = dict(steps_per_epoch=4, warmup_epochs=1, min_lr_ratio=0.01)
+    opt, sched = _lr_after(lambda o: build_schedule(name, o, 10, **args), 8)
+    sched = retarget_schedule(sched, opt, name, 5, **args)
+    ref_opt, ref = _lr_after(lambda o: build_schedule(name, o, 5, **args), 8)
+    assert sched.steps == 8
+    for _ in range(12):
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
+        opt.step(), sched.step(), ref_opt.step(), ref.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([g["lr"] for g in ref_opt.param_groups])
+    assert opt.param_groups[1]["lr"] < 4e-3 * 0.05  # annealed by the new end
+
+
+@pytest.mark.parametrize("name", sorted(LENGTH_FREE_SCHEDULES))
+def test_length_free_schedules_are_kept(name):
+    opt, sched = _lr_after(lambda o: build_schedule(name, o, 10, steps_per_epoch=4), 8)
+    assert retarget_schedule(sched, opt, name, 5, steps_per_epoch=4) is sched
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Every epoch takes 10 s of a fake wall clock; nothing else takes time."""
+    now = [0.0]
+    real = fit_module.train_one_epoch
+
+    def ten_seconds(*args, **kwargs):
+        now[0] += 10.0
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "clock", lambda: now[0])
+    monkeypatch.setattr(fit_module, "train_one_epoch", ten_seconds)
+    return now
+
+
+def test_budget_ends_the_run_like_a_run_planned_that_long(digits_dir, tmp_path, fake_clock):
+    # 35 s at 10 s per epoch: after epoch 1 three epochs fit, so the 10-epoch cosine is re-targeted to 3 epochs.
+    # The warm-up (epoch 1) is the same in both plans, so the weights must equal a plain 3-epoch run's exactly.
+    lines: list[str] = []
+    summary = fit(tiny_config(digits_dir, tmp_path / "timed", epochs=10, time="35s"), log=lines.append)
+    fit(tiny_config(digits_dir, tmp_path / "plain", epochs=3), log=lambda _: None)
+
+    timed, plain = load_checkpoint(tmp_path / "timed" / "last.pt"), load_checkpoint(tmp_path / "plain" / "last.pt")
+    assert timed["epoch"] == 3 and timed["planned_epochs"] == 3 and timed["elapsed_seconds"] == 30.0
+    for key, value in plain["model"].items():
+        assert torch.equal(value, timed["model"][key]), key
+    assert summary["epochs_run"] == 3 and summary["epochs_planned"] == 3 and summary["time_budget_s"] == 35.0
+    assert json.loads((tmp_path / "timed" / "summary.json").read_text())["epochs_planned"] == 3
+    assert "time budget 35s" in lines[0]
+    assert [line for line in lines if line.startswith("time budget")] == [
+        "time budget 35s: 10 s used, 10.0 s per epoch; the run now ends after epoch 3"
+    ]
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
+
+
+def test_budget_caps_at_epochs_and_spans_resume(digits_dir, tmp_path, fake_clock):
+    # Plenty of time: --epochs still caps the run (no re-planning line).
+    lines: list[str] = []
+    fit(tiny_config(digits_dir, tmp_path / "roomy", epochs=2, time="1h"), log=lines.append)
+    assert not any(line.startswith("time budget") for line in lines)
+    assert load_checkpoint(tmp_path / "roomy" / "last.pt")["planned_epochs"] == 2
+
+    # Killed after epoch 2 of a 45 s budget (plan: 4 epochs), resumed: the plan and the 20 s already used come back,
+    # so the resumed process stops at epoch 4 as the uninterrupted run does, with the same weights.
+    full = fit(tiny_config(digits_dir, tmp_path / "full", epochs=10, time="45s"), log=lambda _: None)
+    cut = tiny_config(digits_dir, tmp_path / "cut", epochs=10, time="45s")
+    with pytest.raises(Killed):
+        fit(cut, log=kill_after(2, 4))
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["elapsed_seconds"] == 20.0
+    fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert full["epochs_run"] == 4 and a["epoch"] == b["epoch"] == 4 and b["elapsed_seconds"] == 40.0
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
