@@ -506,7 +506,7 @@ class Trainer:
         if self.budget is None:
             return None
         done = epoch + 1
-        planned = min(self.cfg.epochs, done + epochs_that_fit(self.budget - self.elapsed(), self.epoch_seconds))
+        planned = plan_epochs(done, self.epochs, self.cfg.epochs, self.budget - self.elapsed(), self.epoch_seconds)
         planned = ddp.broadcast_object(planned, self.info)  # every rank must stop at the same epoch
         if planned == self.epochs:
             return None
@@ -652,6 +652,19 @@ def seconds_per_epoch(epoch_seconds: list[float]) -> float:
 def epochs_that_fit(seconds_left: float, epoch_seconds: list[float]) -> int:
     """How many more epochs fit in `seconds_left`, judged by the epochs run so far."""
     return max(0, math.floor(seconds_left / max(seconds_per_epoch(epoch_seconds), 1e-9)))
+
+
+def plan_epochs(done: int, planned: int, cap: int, seconds_left: float, epoch_seconds: list[float]) -> int:
+    """The run's new length after `done` epochs: as many as fit in `seconds_left`, at most `cap`.
+
+    Shortening follows the estimate at once (the budget is a promise); lengthening a plan already shortened needs half
+    an epoch to spare, so a few percent of timing noise does not flip the end back and forth.
+    """
+    fits = min(cap, done + epochs_that_fit(seconds_left, epoch_seconds))
+    if fits <= planned:
+        return fits
+    spare = seconds_left - seconds_per_epoch(epoch_seconds) / 2
+    return max(planned, min(fits, done + epochs_that_fit(spare, epoch_seconds)))
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, info: ddp.DistInfo, precision: Precision) -> nn.Module:

@@ -11,7 +11,7 @@ from torch import nn
 import resnetlab.engine.fit as fit_module
 from resnetlab.config import TrainConfig, parse_duration
 from resnetlab.engine.checkpoint import load_checkpoint
-from resnetlab.engine.fit import epochs_that_fit, fit, seconds_per_epoch
+from resnetlab.engine.fit import epochs_that_fit, fit, plan_epochs, seconds_per_epoch
 from resnetlab.engine.optim import (
     LENGTH_FREE_SCHEDULES,
     SCHEDULERS,
@@ -50,6 +50,17 @@ def test_epochs_that_fit_leaves_out_the_first_epoch():
     assert epochs_that_fit(100.0, [30.0, 10.0, 12.0]) == 9
     assert epochs_that_fit(100.0, [30.0]) == 3
     assert epochs_that_fit(-5.0, [10.0]) == 0  # over budget: stop now
+
+
+def test_plan_shortens_at_once_and_lengthens_only_with_slack():
+    # done, planned, cap, seconds left, epoch seconds
+    assert plan_epochs(1, 20, 20, 160.0, [12.0]) == 14  # 13 more fit
+    assert plan_epochs(2, 14, 20, 150.0, [12.0, 12.8]) == 13  # 11.7 fit: shorten at once
+    assert plan_epochs(3, 13, 20, 139.0, [12.0, 12.8, 12.0]) == 13  # 11.2 fit, 10.7 with half an epoch spare: keep
+    assert plan_epochs(3, 13, 20, 147.0, [12.0, 12.0, 12.0]) == 14  # 12.25 fit, 11.75 with half an epoch spare
+    assert plan_epochs(3, 13, 20, 150.0, [12.0, 12.0, 12.0]) == 15  # 12.5 fit, 12.0 with half an epoch spare
+    assert plan_epochs(3, 13, 14, 500.0, [12.0, 12.0, 12.0]) == 14  # never past --epochs
+    assert plan_epochs(5, 13, 20, -3.0, [12.0, 12.0]) == 5  # over budget: stop now
 
 
 def _lr_after(schedule_fn, steps: int) -> list[float]:
