@@ -13,20 +13,12 @@ from pathlib import Path
 from resnetlab.paths import REPO_ROOT
 
 DEMO_DATA = REPO_ROOT / "demo" / "trashnet-mini"
-# Chosen by measurement (benchmarks/RESULTS.md): fits the 5-minute budget on a 2-core CPU.
-DEMO_RECIPE = {"model": "resnet18", "img_size": 96, "epochs": 20}
-# A CPU without native bf16 (AVX2 laptops) trains in fp32: 20 epochs took 300 s of a 324 s demo on a 2-core AVX2
-# EPYC, so it trains 13 (the whole demo 171-228 s there; 0.736-0.750 against 0.785 for 20, seed 0).
-FP32_CPU_EPOCHS = 13
-
-
-def default_epochs() -> int:
-    """The demo's epochs on this machine: fewer where training runs in fp32 on the CPU, to stay within 5 minutes."""
-    from resnetlab.engine.precision import resolve_precision
-
-    precision = resolve_precision()
-    slow = precision.device.type == "cpu" and precision.amp_dtype is None
-    return FP32_CPU_EPOCHS if slow else DEMO_RECIPE["epochs"]
+# Chosen by measurement (benchmarks/RESULTS.md): 20 epochs fit the 5-minute budget on a 2-core CPU with native bf16
+# (the whole demo 77-81 s). A CPU without it trains in fp32 at about a sixth of the speed (20 epochs took the demo to
+# 324 s on a 2-core AVX2 EPYC), so training also gets a wall-clock budget: as many of the 20 epochs as fit in 3
+# minutes, the LR schedule shortened to end there (`train --time`), which leaves about a minute for the other steps
+# on a laptop twice as slow as that EPYC.
+DEMO_RECIPE = {"model": "resnet18", "img_size": 96, "epochs": 20, "time": "3m"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,11 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", type=Path, default=DEMO_DATA, help=f"class folder to use (default: {DEMO_DATA})")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo, replaced)")
+    p.add_argument("--epochs", type=int, default=DEMO_RECIPE["epochs"], help="training epochs (default: %(default)s)")
     p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help=f"training epochs (default {DEMO_RECIPE['epochs']}; {FP32_CPU_EPOCHS} on a CPU without native bf16)",
+        "--time",
+        default=DEMO_RECIPE["time"],
+        help="wall-clock budget for training, e.g. 90s or 5m: fewer epochs where they would not fit "
+        "(default: %(default)s)",
     )
     p.set_defaults(func=run)
 
@@ -74,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(args.out)  # the demo always starts from scratch so its numbers are reproducible
     started = time.perf_counter()
     out = str(args.out)
-    recipe = {**DEMO_RECIPE, "epochs": default_epochs() if args.epochs is None else args.epochs}
+    recipe = {**DEMO_RECIPE, "epochs": args.epochs, "time": args.time}
 
     _step(f"1/4 check the data: resnetlab data check {args.data}")
     code = main(["data", "check", str(args.data), "--grid", f"{out}-samples.png"])
