@@ -351,6 +351,7 @@ def make_criterion(cfg: TrainConfig, counts: list[int], device: torch.device) ->
 def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train as `cfg` says; returns the summary (also written to the run folder's summary.json)."""
     info = ddp.init_distributed(cfg.device)
+    trainer = None
     try:
         trainer = Trainer(cfg, info, log if info.is_main else (lambda _msg: None))
         epoch = trainer.start_epoch
@@ -359,8 +360,20 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
                 break
             epoch += 1
         return trainer.finish()
+    except KeyboardInterrupt:
+        raise ResnetlabError(interrupted_message(trainer), exit_code=130) from None
     finally:
         ddp.cleanup(info)
+
+
+def interrupted_message(trainer: Trainer | None) -> str:
+    """What Ctrl-C leaves behind: the last complete epoch in last.pt (written atomically) and how to go on."""
+    if trainer is None or not trainer.saved_epoch:
+        return "interrupted before the first epoch ended: nothing to resume"
+    return (
+        f"interrupted; {trainer.run_dir / 'last.pt'} holds epoch {trainer.saved_epoch}: "
+        f"continue with resnetlab train --resume {trainer.run_dir}"
+    )
 
 
 class Trainer:
@@ -439,6 +452,7 @@ class Trainer:
         # Resumed bookkeeping (or a fresh start).
         self.ckpt = ckpt
         self.start_epoch = int(ckpt["epoch"]) if ckpt else 0
+        self.saved_epoch = self.start_epoch  # the epoch last.pt holds
         self.history = read_history(self.run_dir / "history.csv", self.start_epoch) if ckpt else []
         self.best_acc = float(ckpt["best_acc"]) if ckpt and ckpt.get("best_acc") is not None else -1.0
         self.best_epoch = int(ckpt["metrics"].get("best_epoch", 0)) if ckpt else 0
@@ -603,6 +617,7 @@ class Trainer:
             "elapsed_seconds": self.elapsed(),
         }
         save_checkpoint(self.run_dir / "last.pt", payload)
+        self.saved_epoch = row["epoch"]
         if improved:
             save_checkpoint(self.run_dir / "best.pt", payload)
         write_history(self.run_dir / "history.csv", self.history)

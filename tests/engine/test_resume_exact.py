@@ -1,4 +1,7 @@
-"""`--resume` continues exactly: 3 epochs == 2 epochs, a kill, and a resumed third epoch (same final weights)."""
+"""`--resume` continues exactly: 3 epochs == 2 epochs, a kill, and a resumed third epoch (same final weights).
+
+Ctrl-C says what last.pt holds and how to go on.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import torch
 
 from resnetlab.engine.checkpoint import load_checkpoint
 from resnetlab.engine.fit import fit
+from resnetlab.errors import ResnetlabError
 from tests.engine.conftest import Killed, kill_after, tiny_config
 
 
@@ -35,3 +39,27 @@ def test_resume_reaches_same_weights(digits_dir, tmp_path, ema):
         assert any(not torch.equal(v, a["train_model"][k]) for k, v in a["model"].items() if v.is_floating_point())
     assert a["metrics"]["val_acc"] == b["metrics"]["val_acc"]
     assert (tmp_path / "cut" / "history.csv").read_text().count("\n") == 4  # header + 3 epochs, no duplicates
+
+
+def test_ctrl_c_says_what_last_pt_holds_and_how_to_resume(digits_dir, tmp_path):
+    def interrupt_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch   1/"):
+            raise KeyboardInterrupt
+
+    cfg = tiny_config(digits_dir, tmp_path / "run", epochs=2)
+    with pytest.raises(ResnetlabError) as info:
+        fit(cfg, log=interrupt_after_epoch_1)
+    run = tmp_path / "run"
+    assert info.value.exit_code == 130
+    advice = f"continue with resnetlab train --resume {run}"
+    assert str(info.value) == f"interrupted; {run / 'last.pt'} holds epoch 1: {advice}"
+    summary = fit(cfg.merge({"resume": str(run)}), log=lambda _: None)  # the advice works
+    assert summary["epochs_run"] == 2 and load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_ctrl_c_during_set_up_says_there_is_nothing_to_resume(digits_dir, tmp_path):
+    def interrupt_at_once(line: str) -> None:
+        raise KeyboardInterrupt  # the first line is logged at the end of set-up, before any epoch
+
+    with pytest.raises(ResnetlabError, match="^interrupted before the first epoch ended: nothing to resume$"):
+        fit(tiny_config(digits_dir, tmp_path / "run"), log=interrupt_at_once)
