@@ -108,7 +108,9 @@ def format_report(result: CheckResult, max_listed: int = 20) -> str:
         widths, heights = [w for w, _ in s.sizes.values()], [h for _, h in s.sizes.values()]
         lines.append(f"sizes: width {min(widths)}..{max(widths)}, height {min(heights)}..{max(heights)} px")
     train = s.counts()["train"]
-    if train and min(train) > 0:
+    if train and min(train) == max(train):
+        lines.append(f"imbalance: none (every class has {max(train)} training images)")
+    elif train and min(train) > 0:
         lo, hi = train.index(min(train)), train.index(max(train))
         lines.append(
             f"imbalance: {max(train) / min(train):.1f}x ({s.classes[hi]} {max(train)} / {s.classes[lo]} {min(train)})"

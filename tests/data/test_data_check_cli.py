@@ -13,9 +13,16 @@ def test_check_usable_with_grid(tmp_path, capsys, make_class_tree):
     grid = tmp_path / "grid.png"
     assert main(["data", "check", str(root), "--grid", str(grid), "--per-class", "2"]) == 0
     out = capsys.readouterr().out
-    assert "猫" in out and "imbalance" in out and "ok: usable" in out
+    assert "猫" in out and "ok: usable" in out
+    assert "imbalance: 1.3x (dog 4 / 猫 3)" in out  # with the copy 5 dogs and 4 cats, one of each held out
     assert "1 group(s) of identical files" in out
     assert Image.open(grid).size[0] > 100
+
+
+def test_balanced_classes_say_so(tmp_path, capsys, make_class_tree):
+    root = make_class_tree(tmp_path / "ds", {"a": 5, "b": 5})
+    assert main(["data", "check", str(root)]) == 0
+    assert "imbalance: none (every class has 4 training images)" in capsys.readouterr().out
 
 
 def test_check_corrupt_default_vs_strict(tmp_path, capsys, make_class_tree):
