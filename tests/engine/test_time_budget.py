@@ -11,7 +11,7 @@ from torch import nn
 import resnetlab.engine.fit as fit_module
 from resnetlab.config import TrainConfig, parse_duration
 from resnetlab.engine.checkpoint import load_checkpoint
-from resnetlab.engine.fit import epochs_that_fit, fit, plan_epochs, seconds_per_epoch
+from resnetlab.engine.fit import UNFROZEN_COST, costs_ahead, epochs_that_fit, fit, plan_epochs, seconds_per_epoch
 from resnetlab.engine.optim import (
     LENGTH_FREE_SCHEDULES,
     SCHEDULERS,
@@ -44,23 +44,29 @@ def test_cli_rejects_a_time_without_unit(digits_dir, capsys):
     assert len(err) == 1 and "time '5'" in err[0] and "Traceback" not in err[0]
 
 
-def test_epochs_that_fit_leaves_out_the_first_epoch():
+def test_epoch_costs_leave_out_first_epochs_and_price_unfrozen_epochs():
     assert seconds_per_epoch([30.0]) == 30.0
     assert seconds_per_epoch([30.0, 10.0, 12.0]) == 11.0  # the first epoch's one-off costs are not repeated
-    assert epochs_that_fit(100.0, [30.0, 10.0, 12.0]) == 9
-    assert epochs_that_fit(100.0, [30.0]) == 3
+    assert costs_ahead([("all", 30.0), ("all", 10.0), ("all", 12.0)], ["all"] * 3) == [11.0, 11.0, 11.0]
+    # Staged: two head-only epochs timed, the unfrozen ones not yet: priced at UNFROZEN_COST times a head epoch.
+    timed = [("head", 5.0), ("head", 2.0)]
+    assert costs_ahead(timed, ["head", "unfrozen"]) == [2.0, UNFROZEN_COST * 2.0]
+    # Once an unfrozen epoch is timed, it is its own estimate.
+    assert costs_ahead([*timed, ("unfrozen", 7.0)], ["unfrozen"]) == [7.0]
+    assert epochs_that_fit(100.0, [11.0] * 20) == 9
+    assert epochs_that_fit(10.0, [2.0, 6.0, 6.0]) == 2
     assert epochs_that_fit(-5.0, [10.0]) == 0  # over budget: stop now
 
 
 def test_plan_shortens_at_once_and_lengthens_only_with_slack():
-    # done, planned, cap, seconds left, epoch seconds
-    assert plan_epochs(1, 20, 20, 160.0, [12.0]) == 14  # 13 more fit
-    assert plan_epochs(2, 14, 20, 150.0, [12.0, 12.8]) == 13  # 11.7 fit: shorten at once
-    assert plan_epochs(3, 13, 20, 139.0, [12.0, 12.8, 12.0]) == 13  # 11.2 fit, 10.7 with half an epoch spare: keep
-    assert plan_epochs(3, 13, 20, 147.0, [12.0, 12.0, 12.0]) == 14  # 12.25 fit, 11.75 with half an epoch spare
-    assert plan_epochs(3, 13, 20, 150.0, [12.0, 12.0, 12.0]) == 15  # 12.5 fit, 12.0 with half an epoch spare
-    assert plan_epochs(3, 13, 14, 500.0, [12.0, 12.0, 12.0]) == 14  # never past --epochs
-    assert plan_epochs(5, 13, 20, -3.0, [12.0, 12.0]) == 5  # over budget: stop now
+    # done, planned, seconds left, cost of each epoch ahead (up to --epochs)
+    assert plan_epochs(1, 20, 160.0, [12.0] * 19) == 14  # 13 more fit
+    assert plan_epochs(2, 14, 150.0, [12.8] * 18) == 13  # 11.7 fit: shorten at once
+    assert plan_epochs(3, 13, 139.0, [12.4] * 17) == 13  # 11.2 fit, 10.7 with half an epoch spare: keep
+    assert plan_epochs(3, 13, 147.0, [12.0] * 17) == 14  # 12.25 fit, 11.75 with half an epoch spare
+    assert plan_epochs(3, 13, 150.0, [12.0] * 17) == 15  # 12.5 fit, 12.0 with half an epoch spare
+    assert plan_epochs(3, 13, 500.0, [12.0] * 11) == 14  # never past --epochs
+    assert plan_epochs(5, 13, -3.0, [12.0] * 15) == 5  # over budget: stop now
 
 
 def _lr_after(schedule_fn, steps: int) -> list[float]:
@@ -126,7 +132,7 @@ def test_budget_ends_the_run_like_a_run_planned_that_long(digits_dir, tmp_path, 
     assert json.loads((tmp_path / "timed" / "summary.json").read_text())["epochs_planned"] == 3
     assert "time budget 35s" in lines[0]
     assert [line for line in lines if line.startswith("time budget")] == [
-        "time budget 35s: 10 s used, 10.0 s per epoch; the run now ends after epoch 3"
+        "time budget 35s: 10 s used, 10.0 s for the next epoch; the run now ends after epoch 3"
     ]
     assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
 
@@ -150,3 +156,29 @@ def test_budget_caps_at_epochs_and_spans_resume(digits_dir, tmp_path, fake_clock
     assert full["epochs_run"] == 4 and a["epoch"] == b["epoch"] == 4 and b["elapsed_seconds"] == 40.0
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_staged_budget_prices_unfrozen_epochs_before_they_run(digits_dir, tmp_path, monkeypatch):
+    # Head-only epochs take 10 s, unfrozen ones 30 s (UNFROZEN_COST times as long). A 100 s budget fits 2 head and 2
+    # unfrozen epochs, and the plan must know it from epoch 1, before any unfrozen epoch ran: then the unfrozen phase's
+    # schedule is built for its 2 epochs from its start, and the weights equal a plain 4-epoch staged run's.
+    now, calls = [0.0], [0]
+    real = fit_module.train_one_epoch
+
+    def timed(*args, **kwargs):
+        calls[0] += 1
+        now[0] += 10.0 if calls[0] <= 2 else 10.0 * UNFROZEN_COST
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "clock", lambda: now[0])
+    monkeypatch.setattr(fit_module, "train_one_epoch", timed)
+    staged = {"mode": "staged", "freeze_epochs": 2}
+    lines: list[str] = []
+    fit(tiny_config(digits_dir, tmp_path / "timed", epochs=10, time="100s", **staged), log=lines.append)
+    calls[0] = 0
+    fit(tiny_config(digits_dir, tmp_path / "plain", epochs=4, **staged), log=lambda _: None)
+
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/4", "2/4", "3/4", "4/4"]
+    timed_ckpt, plain = load_checkpoint(tmp_path / "timed" / "last.pt"), load_checkpoint(tmp_path / "plain" / "last.pt")
+    for key, value in plain["model"].items():
+        assert torch.equal(value, timed_ckpt["model"][key]), key
