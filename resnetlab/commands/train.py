@@ -118,5 +118,8 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best_val_acc"]
         acc = f"best val accuracy {best:.4f} at epoch {summary['best_epoch']}" if best is not None else "no val split"
-        print(f"done in {summary['wall_seconds']:.0f}s: {acc}; run folder {summary['run_dir']}")
+        fitted = ""
+        if summary["time_budget_s"] is not None and summary["epochs_planned"] < cfg.epochs:
+            fitted = f" ({summary['epochs_planned']} of {cfg.epochs} epochs fit the {cfg.time} budget)"
+        print(f"done in {summary['wall_seconds']:.0f}s{fitted}: {acc}; run folder {summary['run_dir']}")
     return 0

@@ -182,3 +182,13 @@ def test_staged_budget_prices_unfrozen_epochs_before_they_run(digits_dir, tmp_pa
     timed_ckpt, plain = load_checkpoint(tmp_path / "timed" / "last.pt"), load_checkpoint(tmp_path / "plain" / "last.pt")
     for key, value in plain["model"].items():
         assert torch.equal(value, timed_ckpt["model"][key]), key
+
+
+def test_cli_says_how_many_epochs_fit(digits_dir, tmp_path, fake_clock, capsys):
+    from resnetlab.cli import main
+
+    out = tmp_path / "cli"
+    flags = ["--model", "resnet20", "--img-size", "16", "--batch-size", "8", "--workers", "0", "--no-progress"]
+    assert main(["train", str(digits_dir), *flags, "--epochs", "10", "--time", "35s", "--out", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("done in 30s (3 of 10 epochs fit the 35s budget): best val accuracy")
