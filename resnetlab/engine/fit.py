@@ -361,13 +361,16 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
             epoch += 1
         return trainer.finish()
     except KeyboardInterrupt:
-        raise ResnetlabError(interrupted_message(trainer), exit_code=130) from None
+        raise ResnetlabError(interrupted_message(trainer, cfg), exit_code=130) from None
     finally:
         ddp.cleanup(info)
 
 
-def interrupted_message(trainer: Trainer | None) -> str:
+def interrupted_message(trainer: Trainer | None, cfg: TrainConfig) -> str:
     """What Ctrl-C leaves behind: the last complete epoch in last.pt (written atomically) and how to go on."""
+    if trainer is None and cfg.resume:  # interrupted while setting up a resumed run: last.pt is as it was
+        last = Path(cfg.resume) / "last.pt"
+        return f"interrupted; {last} is unchanged: continue with resnetlab train --resume {cfg.resume}"
     if trainer is None or not trainer.saved_epoch:
         return "interrupted before the first epoch ended: nothing to resume"
     return (

@@ -41,6 +41,10 @@ def test_resume_reaches_same_weights(digits_dir, tmp_path, ema):
     assert (tmp_path / "cut" / "history.csv").read_text().count("\n") == 4  # header + 3 epochs, no duplicates
 
 
+def interrupt_at_once(line: str) -> None:
+    raise KeyboardInterrupt  # the first line is logged at the end of set-up, before any epoch
+
+
 def test_ctrl_c_says_what_last_pt_holds_and_how_to_resume(digits_dir, tmp_path):
     def interrupt_after_epoch_1(line: str) -> None:
         if line.startswith("epoch   1/"):
@@ -53,13 +57,12 @@ def test_ctrl_c_says_what_last_pt_holds_and_how_to_resume(digits_dir, tmp_path):
     assert info.value.exit_code == 130
     advice = f"continue with resnetlab train --resume {run}"
     assert str(info.value) == f"interrupted; {run / 'last.pt'} holds epoch 1: {advice}"
+    with pytest.raises(ResnetlabError, match=f"^interrupted; .* is unchanged: {advice}$"):  # during its set-up
+        fit(cfg.merge({"resume": str(run)}), log=interrupt_at_once)
     summary = fit(cfg.merge({"resume": str(run)}), log=lambda _: None)  # the advice works
     assert summary["epochs_run"] == 2 and load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
 def test_ctrl_c_during_set_up_says_there_is_nothing_to_resume(digits_dir, tmp_path):
-    def interrupt_at_once(line: str) -> None:
-        raise KeyboardInterrupt  # the first line is logged at the end of set-up, before any epoch
-
     with pytest.raises(ResnetlabError, match="^interrupted before the first epoch ended: nothing to resume$"):
         fit(tiny_config(digits_dir, tmp_path / "run"), log=interrupt_at_once)
