@@ -37,7 +37,7 @@ from bench_train import DEFAULT_BATCH, matmul_peak_flops
 from torch import nn
 
 from resnetlab.engine.allocator import keep_freed_memory
-from resnetlab.engine.precision import resolve_precision
+from resnetlab.engine.precision import DTYPE_NAMES, resolve_precision
 from resnetlab.models import create_model
 from resnetlab.models.summary import count_macs
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=args.num_classes)
     dtype = resolve_precision("cpu").amp_dtype or torch.float32
-    kind = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    kind = DTYPE_NAMES[dtype]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model} at {args.img_size} px, batch "
           f"{args.batch_size}, {kind}", flush=True)  # fmt: skip
     peak = matmul_peak_flops(torch.device("cpu"), dtype)

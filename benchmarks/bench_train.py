@@ -151,7 +151,7 @@ def model_alone(num_classes: int, img_size: int, batch_size: int, steps: int = 6
 def main(argv: list[str] | None = None) -> None:
     from resnetlab.data.folder import make_splits
     from resnetlab.engine.fit import fit
-    from resnetlab.engine.precision import resolve_precision
+    from resnetlab.engine.precision import DTYPE_NAMES, resolve_precision
     from resnetlab.models import create_model
     from resnetlab.models.summary import count_macs
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         precision = resolve_precision()
         device, dtype = precision.device, precision.amp_dtype or torch.float32
         peak = matmul_peak_flops(device, dtype)
-        kind = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+        kind = DTYPE_NAMES[dtype]
         macs = count_macs(create_model(args.model, num_classes=len(splits.classes)), (3, args.img_size, args.img_size))
         train_flops = 3 * macs * 2
         print(

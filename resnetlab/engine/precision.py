@@ -12,6 +12,8 @@ import torch
 from resnetlab.errors import ResnetlabError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+# Short names for the types training computes in (logs, `describe`, the benchmarks' peak lines).
+DTYPE_NAMES: dict[torch.dtype, str] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,7 +78,7 @@ class Precision:
         return images.to(self.device, memory_format=self.memory_format, non_blocking=non_blocking)
 
     def describe(self) -> str:
-        amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        amp = DTYPE_NAMES[self.amp_dtype or torch.float32]
         return f"{self.device.type} {amp}{' channels_last' if self.channels_last else ''}"
 
 
