@@ -10,8 +10,12 @@ import csv
 import dataclasses
 import json
 import math
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,33 +352,69 @@ def make_criterion(cfg: TrainConfig, counts: list[int], device: torch.device) ->
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, `docker stop`, torchrun passing on a stop) met during `fit`."""
+
+
+@contextmanager
+def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` in this process, so a stopped run ends as Ctrl-C does.
+
+    Only the process that installed it raises: a forked child (a loader worker) inheriting the handler dies of
+    SIGTERM as it would have without it.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train as `cfg` says; returns the summary (also written to the run folder's summary.json)."""
+    """Train as `cfg` says; returns the summary (also written to the run folder's summary.json).
+
+    Ctrl-C or SIGTERM ends it with a `ResnetlabError` (exit 130 or 143) saying what last.pt holds.
+    """
     info = ddp.init_distributed(cfg.device)
     trainer = None
     try:
-        trainer = Trainer(cfg, info, log if info.is_main else (lambda _msg: None))
-        epoch = trainer.start_epoch
-        while epoch < trainer.epochs:  # a --time budget may move the end after each epoch
-            if trainer.run_epoch(epoch):
-                break
-            epoch += 1
-        return trainer.finish()
-    except KeyboardInterrupt:
-        raise ResnetlabError(interrupted_message(trainer, cfg), exit_code=130) from None
+        with sigterm_stops_like_ctrl_c():
+            trainer = Trainer(cfg, info, log if info.is_main else (lambda _msg: None))
+            epoch = trainer.start_epoch
+            while epoch < trainer.epochs:  # a --time budget may move the end after each epoch
+                if trainer.run_epoch(epoch):
+                    break
+                epoch += 1
+            return trainer.finish()
+    except KeyboardInterrupt as exc:
+        stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        code = 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130  # the shell's codes for each signal
+        raise ResnetlabError(interrupted_message(trainer, cfg, stopped), exit_code=code) from None
     finally:
         ddp.cleanup(info)
 
 
-def interrupted_message(trainer: Trainer | None, cfg: TrainConfig) -> str:
-    """What Ctrl-C leaves behind: the last complete epoch in last.pt (written atomically) and how to go on."""
-    if trainer is None and cfg.resume:  # interrupted while setting up a resumed run: last.pt is as it was
+def interrupted_message(trainer: Trainer | None, cfg: TrainConfig, stopped: str = "interrupted") -> str:
+    """What a stop leaves behind: the last complete epoch in last.pt (written atomically) and how to go on."""
+    if trainer is None and cfg.resume:  # stopped while setting up a resumed run: last.pt is as it was
         last = Path(cfg.resume) / "last.pt"
-        return f"interrupted; {last} is unchanged: continue with resnetlab train --resume {cfg.resume}"
+        return f"{stopped}; {last} is unchanged: continue with resnetlab train --resume {cfg.resume}"
     if trainer is None or not trainer.saved_epoch:
-        return "interrupted before the first epoch ended: nothing to resume"
+        return f"{stopped} before the first epoch ended: nothing to resume"
     return (
-        f"interrupted; {trainer.run_dir / 'last.pt'} holds epoch {trainer.saved_epoch}: "
+        f"{stopped}; {trainer.run_dir / 'last.pt'} holds epoch {trainer.saved_epoch}: "
         f"continue with resnetlab train --resume {trainer.run_dir}"
     )
 
@@ -589,6 +629,7 @@ class Trainer:
         replanned = self.fit_to_budget(epoch)
         if self.info.is_main:
             self.save(row, improved)
+        self.saved_epoch = row["epoch"]  # on every rank, so a stop under torchrun says the same everywhere
         self.log(_fmt(row, self.epochs, (self.best_acc, self.best_epoch)))
         if replanned:
             self.log(replanned)
@@ -623,7 +664,6 @@ class Trainer:
             "elapsed_seconds": self.elapsed(),
         }
         save_checkpoint(self.run_dir / "last.pt", payload)
-        self.saved_epoch = row["epoch"]
         if improved:
             save_checkpoint(self.run_dir / "best.pt", payload)
         write_history(self.run_dir / "history.csv", self.history)

@@ -1,15 +1,21 @@
 """`--resume` continues exactly: 3 epochs == 2 epochs, a kill, and a resumed third epoch (same final weights).
 
-Ctrl-C says what last.pt holds and how to go on.
+Ctrl-C and SIGTERM say what last.pt holds and how to go on.
 """
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from resnetlab.engine.checkpoint import load_checkpoint
-from resnetlab.engine.fit import fit
+from resnetlab.engine.fit import fit, sigterm_stops_like_ctrl_c
 from resnetlab.errors import ResnetlabError
 from tests.engine.conftest import Killed, kill_after, tiny_config
 
@@ -66,3 +72,58 @@ def test_ctrl_c_says_what_last_pt_holds_and_how_to_resume(digits_dir, tmp_path):
 def test_ctrl_c_during_set_up_says_there_is_nothing_to_resume(digits_dir, tmp_path):
     with pytest.raises(ResnetlabError, match="^interrupted before the first epoch ended: nothing to resume$"):
         fit(tiny_config(digits_dir, tmp_path / "run"), log=interrupt_at_once)
+
+
+def test_sigterm_ends_a_run_like_ctrl_c_with_exit_143(digits_dir, tmp_path):
+    def terminate_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch   1/"):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, as it would between any two steps
+
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = tiny_config(digits_dir, tmp_path / "run", epochs=2)
+    with pytest.raises(ResnetlabError) as info:
+        fit(cfg, log=terminate_after_epoch_1)
+    run = tmp_path / "run"
+    assert info.value.exit_code == 143
+    assert (
+        str(info.value) == f"terminated; {run / 'last.pt'} holds epoch 1: continue with resnetlab train --resume {run}"
+    )
+    assert signal.getsignal(signal.SIGTERM) is before  # put back once fit returns
+    summary = fit(cfg.merge({"resume": str(run)}), log=lambda _: None)
+    assert summary["epochs_run"] == 2
+
+
+def test_a_forked_child_still_dies_of_sigterm():
+    # Loader workers and cache fillers are forked from the training process and inherit its handler; they must not
+    # turn SIGTERM into an exception of their own.
+    with sigterm_stops_like_ctrl_c():
+        pid = os.fork()
+        if pid == 0:  # the child
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+            finally:
+                os._exit(0)  # reached only if SIGTERM was turned into an exception or ignored
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+def test_sigterm_to_the_cli_prints_one_line_and_keeps_last_pt(digits_dir, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "resnetlab", "train", str(digits_dir), "--model", "resnet20", "--img-size", "16"]
+    cmd += ["--epochs", "50", "--batch-size", "8", "--workers", "0", "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch   1/"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    saved = load_checkpoint(run / "last.pt")["epoch"]
+    assert saved >= 1 and err.splitlines() == [
+        f"resnetlab train: error: terminated; {run / 'last.pt'} holds epoch {saved}: "
+        f"continue with resnetlab train --resume {run}"
+    ]
