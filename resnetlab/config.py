@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cache": ("auto", "ram", "none"),
     "augment": ("none", "light", "default", "strong", "cifar"),
     "amp": ("auto", "bf16", "fp16", "off"),
+    "bn_stats": ("epoch", "running"),
 }
 
 # Base learning rates at a global batch of 64 (scaled linearly for SGD, by the square root for Adam-style optimisers).
@@ -83,6 +84,11 @@ class TrainConfig:
     freeze_epochs: int = _f(1, "staged mode: epochs training only the head before unfreezing")
     lr_mult: float = _f(100.0, "staged mode: the first stage trains at lr/lr_mult, rising geometrically to the head")
     freeze_bn: bool = _f(False, "keep every BatchNorm in eval mode (frozen statistics, affine still trains)")
+    bn_stats: str = _f(
+        "epoch",
+        "running BatchNorm statistics: epoch (each epoch starts them afresh, averaging its first 1/momentum batches "
+        "equally, then the usual momentum; not with --compile) or running (PyTorch's one moving average across epochs)",
+    )
     # --- optimisation
     epochs: int = _f(20, "number of epochs (with --time: at most this many)")
     time: str | None = _f(

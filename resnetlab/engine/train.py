@@ -47,6 +47,34 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(g["lr"] for g in optimizer.param_groups)
 
 
+def restart_bn_stats(model: nn.Module) -> Callable[[int], None]:
+    """Start the running statistics of `model`'s training BatchNorms afresh for this epoch.
+
+    Each layer's running mean and variance become the equal-weight average of the epoch's first 1/momentum batches
+    (momentum None: PyTorch's cumulative average, the first batch replacing what was there), then move on with the
+    layer's own momentum. With momentum 0.1 over few batches an epoch, the plain moving average still carries the
+    statistics of much older weights when the epoch is validated: after the first epoch of MobileNet V2 on the demo
+    data (9 batches an epoch) its variances were up to 766x those of the current weights, and validation predicted
+    one class for 6 epochs (benchmarks/RESULTS.md). Returns `after_batch(n)`, which hands each layer its momentum
+    back once n batches fill its window; call it with a large n at the end of the epoch.
+    """
+    layers = [
+        (m, m.momentum)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats and m.momentum
+    ]
+    for m, _ in layers:
+        m.num_batches_tracked.zero_()
+        m.momentum = None
+
+    def after_batch(n: int) -> None:
+        for m, momentum in layers:
+            if m.momentum is None and n >= round(1 / momentum):
+                m.momentum = momentum
+
+    return after_batch
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -60,15 +88,47 @@ def train_one_epoch(
     grad_clip: float | None = None,
     eval_modules: Sequence[nn.Module] = (),
     freeze_bn: bool = False,
+    bn_stats: str = "running",
     info: DistInfo = DistInfo(),
     desc: str = "train",
     progress: bool = False,
     ema: Any = None,
 ) -> dict[str, float]:
-    """Train for one pass over `loader`; returns the epoch's mean loss, accuracy, images/s and final LR (all ranks)."""
+    """Train for one pass over `loader`; returns the epoch's mean loss, accuracy, images/s and final LR (all ranks).
+
+    `bn_stats`: "epoch" restarts the running BatchNorm statistics (`restart_bn_stats`), "running" keeps PyTorch's.
+    """
+    set_train_mode(model, eval_modules, freeze_bn)
+    after_batch = restart_bn_stats(model) if bn_stats == "epoch" else None
+    try:
+        return _train_loop(
+            model, loader, optimizer, schedule, criterion, precision, scaler, mixer, aux_weight, grad_clip, info,
+            desc, progress, ema, after_batch,
+        )  # fmt: skip
+    finally:
+        if after_batch is not None:
+            after_batch(sys.maxsize)  # every layer gets its momentum back, however short the epoch
+
+
+def _train_loop(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    criterion: nn.Module,
+    precision: Precision,
+    scaler: torch.amp.GradScaler | None,
+    mixer: Mixer | None,
+    aux_weight: float,
+    grad_clip: float | None,
+    info: DistInfo,
+    desc: str,
+    progress: bool,
+    ema: Any,
+    after_batch: Callable[[int], None] | None,
+) -> dict[str, float]:
     from tqdm import tqdm
 
-    set_train_mode(model, eval_modules, freeze_bn)
     device = precision.device
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     start = time.perf_counter()
@@ -98,6 +158,8 @@ def train_one_epoch(
             optimizer.step()
         last_lr = current_lr(optimizer)  # the rate this step used, before the schedule moves it
         schedule.step()
+        if after_batch is not None:
+            after_batch(step + 1)
         if ema is not None:
             ema.update()
 

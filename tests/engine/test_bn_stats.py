@@ -1,0 +1,97 @@
+"""`--bn-stats epoch`: each epoch's running BatchNorm statistics start afresh, so validation sees current weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab.config import TrainConfig
+from resnetlab.engine.optim import Schedule
+from resnetlab.engine.precision import resolve_precision
+from resnetlab.engine.train import train_one_epoch
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    # Each batch has its own offset and scale, so an average that weights batches unequally shows.
+    return [
+        (torch.randn(8, 3, 6, 6, generator=gen) * (1 + i) + i, torch.randint(0, 2, (8,), generator=gen))
+        for i in range(n)
+    ]
+
+
+def _epoch(model: nn.Module, batches: list, bn_stats: str, eval_modules=()) -> list[torch.Tensor]:
+    """One epoch with a zero learning rate (the weights stay put); returns what entered the BatchNorm per batch."""
+    seen: list[torch.Tensor] = []
+    hook = model[1].register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach().clone()))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    train_one_epoch(
+        model, batches, opt, Schedule(), nn.CrossEntropyLoss(), resolve_precision("cpu", "off", False),
+        eval_modules=eval_modules, bn_stats=bn_stats,
+    )  # fmt: skip
+    hook.remove()
+    return seen
+
+
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = x.transpose(0, 1).flatten(1)  # (C, N*H*W)
+    return flat.mean(1), flat.var(1)  # unbiased, as BatchNorm's running variance
+
+
+@pytest.mark.parametrize("n_batches", [3, 12])
+def test_epoch_stats_average_the_first_window_equally_then_move_with_the_momentum(n_batches):
+    model = _model()
+    bn = model[1]
+    bn.momentum = 0.25  # a window of 4 batches
+    bn.running_mean.fill_(100.0)  # what older weights left behind: must not survive the epoch
+    bn.running_var.fill_(1e4)
+    seen = _epoch(model, _batches(n_batches), "epoch")
+
+    stats = [_stats(x) for x in seen]
+    window = min(4, n_batches)
+    mean = sum(m for m, _ in stats[:window]) / window
+    var = sum(v for _, v in stats[:window]) / window
+    for m, v in stats[window:]:
+        mean, var = 0.75 * mean + 0.25 * m, 0.75 * var + 0.25 * v
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+    assert bn.momentum == 0.25  # handed back, even when the epoch was shorter than the window
+    assert int(bn.num_batches_tracked) == n_batches
+
+
+def test_running_stats_keep_pytorchs_moving_average():
+    model = _model()
+    bn = model[1]
+    bn.running_mean.fill_(100.0)
+    seen = _epoch(model, _batches(3), "running")
+    mean = torch.full((4,), 100.0)
+    for x in seen:
+        mean = 0.9 * mean + 0.1 * _stats(x)[0]
+    torch.testing.assert_close(bn.running_mean, mean)
+    assert bn.momentum == 0.1
+
+
+def test_frozen_batchnorm_is_left_alone():
+    model = _model()
+    bn = model[1]
+    bn.num_batches_tracked.fill_(7)  # as trained weights have it
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    _epoch(model, _batches(3), "epoch", eval_modules=[bn])  # a frozen backbone's BatchNorm stays in eval mode
+    for key, value in bn.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert bn.momentum == 0.1
+
+
+def test_epoch_is_the_default_and_running_can_be_chosen():
+    assert TrainConfig().bn_stats == "epoch"
+    assert TrainConfig.from_dict({"bn_stats": "running"}).bn_stats == "running"
+    with pytest.raises(Exception, match="bn_stats 'ema': choose one of epoch, running"):
+        TrainConfig.from_dict({"bn_stats": "ema"})
