@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -47,16 +48,17 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(g["lr"] for g in optimizer.param_groups)
 
 
-def restart_bn_stats(model: nn.Module) -> Callable[[int], None]:
-    """Start the running statistics of `model`'s training BatchNorms afresh for this epoch.
+@contextmanager
+def fresh_bn_stats(model: nn.Module) -> Iterator[Callable[[int], None]]:
+    """Within the block (one epoch), the running statistics of `model`'s training BatchNorms start afresh.
 
     Each layer's running mean and variance become the equal-weight average of the epoch's first 1/momentum batches
     (momentum None: PyTorch's cumulative average, the first batch replacing what was there), then move on with the
     layer's own momentum. With momentum 0.1 over few batches an epoch, the plain moving average still carries the
     statistics of much older weights when the epoch is validated: after the first epoch of MobileNet V2 on the demo
     data (9 batches an epoch) its variances were up to 766x those of the current weights, and validation predicted
-    one class for 6 epochs (benchmarks/RESULTS.md). Returns `after_batch(n)`, which hands each layer its momentum
-    back once n batches fill its window; call it with a large n at the end of the epoch.
+    one class for 6 epochs (benchmarks/RESULTS.md). Yields `after_batch(n)`, which hands each layer its momentum back
+    once n batches fill its window; on leaving, every layer has it back, however short the epoch.
     """
     layers = [
         (m, m.momentum)
@@ -72,7 +74,10 @@ def restart_bn_stats(model: nn.Module) -> Callable[[int], None]:
             if m.momentum is None and n >= round(1 / momentum):
                 m.momentum = momentum
 
-    return after_batch
+    try:
+        yield after_batch
+    finally:
+        after_batch(sys.maxsize)
 
 
 def train_one_epoch(
@@ -96,86 +101,59 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """Train for one pass over `loader`; returns the epoch's mean loss, accuracy, images/s and final LR (all ranks).
 
-    `bn_stats`: "epoch" restarts the running BatchNorm statistics (`restart_bn_stats`), "running" keeps PyTorch's.
+    `bn_stats`: "epoch" restarts the running BatchNorm statistics (`fresh_bn_stats`), "running" keeps PyTorch's.
     """
-    set_train_mode(model, eval_modules, freeze_bn)
-    after_batch = restart_bn_stats(model) if bn_stats == "epoch" else None
-    try:
-        return _train_loop(
-            model, loader, optimizer, schedule, criterion, precision, scaler, mixer, aux_weight, grad_clip, info,
-            desc, progress, ema, after_batch,
-        )  # fmt: skip
-    finally:
-        if after_batch is not None:
-            after_batch(sys.maxsize)  # every layer gets its momentum back, however short the epoch
-
-
-def _train_loop(
-    model: nn.Module,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    criterion: nn.Module,
-    precision: Precision,
-    scaler: torch.amp.GradScaler | None,
-    mixer: Mixer | None,
-    aux_weight: float,
-    grad_clip: float | None,
-    info: DistInfo,
-    desc: str,
-    progress: bool,
-    ema: Any,
-    after_batch: Callable[[int], None] | None,
-) -> dict[str, float]:
     from tqdm import tqdm
 
+    set_train_mode(model, eval_modules, freeze_bn)
     device = precision.device
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     start = time.perf_counter()
     last_lr = current_lr(optimizer)
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress, file=sys.stdout)
-    for step, (images, labels) in enumerate(bar):
-        images = precision.prepare_batch(images)  # (B, C, H, W)
-        labels = labels.to(device, non_blocking=True)
-        target = labels
-        if mixer is not None:
-            images, target = mixer(images, labels)  # target: (B, num_classes) soft labels
-        with precision.autocast():
-            out = model(images)
-            loss, logits = compute_loss(out, target, criterion, aux_weight)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-        last_lr = current_lr(optimizer)  # the rate this step used, before the schedule moves it
-        schedule.step()
-        if after_batch is not None:
+    window = fresh_bn_stats(model) if bn_stats == "epoch" else nullcontext(lambda _n: None)
+    with window as after_batch:
+        bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress, file=sys.stdout)
+        for step, (images, labels) in enumerate(bar):
+            images = precision.prepare_batch(images)  # (B, C, H, W)
+            labels = labels.to(device, non_blocking=True)
+            target = labels
+            if mixer is not None:
+                images, target = mixer(images, labels)  # target: (B, num_classes) soft labels
+            with precision.autocast():
+                out = model(images)
+                loss, logits = compute_loss(out, target, criterion, aux_weight)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None and scaler.is_enabled():
+                scaler.scale(loss).backward()
+                if grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+            last_lr = current_lr(optimizer)  # the rate this step used, before the schedule moves it
+            schedule.step()
             after_batch(step + 1)
-        if ema is not None:
-            ema.update()
+            if ema is not None:
+                ema.update()
 
-        n = labels.numel()
-        hard = target.argmax(1) if target.ndim == 2 else target  # mixup: the dominant label
-        correct = (logits.argmax(1) == hard).sum()
-        totals += torch.stack([loss.detach().double() * n, correct.double(), totals.new_tensor(n)])
-        if progress and (step % 5 == 0 or step == len(bar) - 1):
-            seen = totals[2].item()
-            bar.set_postfix(
-                loss=f"{totals[0].item() / seen:.3f}",
-                acc=f"{totals[1].item() / seen:.3f}",
-                lr=f"{current_lr(optimizer):.2e}",
-                img_s=f"{seen * info.world_size / (time.perf_counter() - start):.1f}",
-            )
-    bar.close()
+            n = labels.numel()
+            hard = target.argmax(1) if target.ndim == 2 else target  # mixup: the dominant label
+            correct = (logits.argmax(1) == hard).sum()
+            totals += torch.stack([loss.detach().double() * n, correct.double(), totals.new_tensor(n)])
+            if progress and (step % 5 == 0 or step == len(bar) - 1):
+                seen = totals[2].item()
+                bar.set_postfix(
+                    loss=f"{totals[0].item() / seen:.3f}",
+                    acc=f"{totals[1].item() / seen:.3f}",
+                    lr=f"{current_lr(optimizer):.2e}",
+                    img_s=f"{seen * info.world_size / (time.perf_counter() - start):.1f}",
+                )
+        bar.close()
     seconds = time.perf_counter() - start
     loss_sum, correct, count = all_reduce_sum(totals, info).tolist()
     count = max(count, 1.0)
