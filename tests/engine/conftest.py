@@ -76,3 +76,20 @@ def full_and_resumed(data: Path, tmp_path: Path, kill_at: int, **overrides) -> t
         fit(cut, log=kill_after(kill_at, cut.epochs))
     fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
     return load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+
+
+def sigterm_after(cmd: list[str], prefix: str, env: dict | None = None) -> tuple[int, str]:
+    """Run `cmd`, send it SIGTERM once a stdout line starts with `prefix`; returns (exit code, stderr)."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.startswith(prefix):
+                proc.send_signal(signal.SIGTERM)
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, err

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from resnetlab.engine.checkpoint import load_checkpoint
-from tests.engine.conftest import write_digits
+from tests.engine.conftest import sigterm_after, write_digits
 
 ARGS = [
     "--model", "resnet20", "--img-size", "16", "--epochs", "2", "--batch-size", "8", "--augment", "none",
@@ -99,22 +99,12 @@ def test_two_gloo_ranks_with_muon_track_one_process(tmp_path):
 def test_sigterm_to_torchrun_stops_every_rank_with_the_same_advice(tmp_path):
     # torchrun passes SIGTERM on to its workers; only rank 0 writes last.pt, yet every rank's line must name it.
     import re
-    import signal
 
     data = write_digits(tmp_path / "data", {0: 10, 1: 10, 2: 10, 3: 10})
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     args = ["--model", "resnet20", "--img-size", "16", "--epochs", "100", "--batch-size", "8", "--workers", "0"]
     cmd = [*torchrun, "-m", "resnetlab", "train", str(data), *args, "--out", str(tmp_path / "run")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        for line in proc.stdout:
-            if line.startswith("epoch   2/"):
-                proc.send_signal(signal.SIGTERM)
-                break
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    _, err = sigterm_after(cmd, "epoch   2/", env={**os.environ, "OMP_NUM_THREADS": "1"})
     run = tmp_path / "run"
     advice = f"continue with resnetlab train --resume {run}"
     said = [ln for ln in err.splitlines() if ln.startswith("resnetlab train: error:")]

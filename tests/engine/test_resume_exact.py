@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -17,7 +16,7 @@ import torch
 from resnetlab.engine.checkpoint import load_checkpoint
 from resnetlab.engine.fit import fit, sigterm_stops_like_ctrl_c
 from resnetlab.errors import ResnetlabError
-from tests.engine.conftest import Killed, kill_after, tiny_config
+from tests.engine.conftest import Killed, kill_after, sigterm_after, tiny_config
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.99])
@@ -112,16 +111,8 @@ def test_sigterm_to_the_cli_prints_one_line_and_keeps_last_pt(digits_dir, tmp_pa
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "resnetlab", "train", str(digits_dir), "--model", "resnet20", "--img-size", "16"]
     cmd += ["--epochs", "50", "--batch-size", "8", "--workers", "0", "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stdout:
-            if line.startswith("epoch   1/"):
-                proc.send_signal(signal.SIGTERM)
-                break
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+    code, err = sigterm_after(cmd, "epoch   1/")
+    assert code == 143, err
     saved = load_checkpoint(run / "last.pt")["epoch"]
     assert saved >= 1 and err.splitlines() == [
         f"resnetlab train: error: terminated; {run / 'last.pt'} holds epoch {saved}: "
