@@ -352,6 +352,17 @@ def make_criterion(cfg: TrainConfig, counts: list[int], device: torch.device) ->
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
+class RunFinished(Exception):
+    """`--resume` of a run with no epoch left to train: nothing is trained or rewritten."""
+
+    def __init__(self, run_dir: Path, epoch: int, budget_bound: bool) -> None:
+        why = "the --time budget ended it" if budget_bound else f"to train on, resume with --epochs above {epoch}"
+        super().__init__(
+            f"{run_dir} already finished: last.pt holds its last epoch, {epoch}; nothing to resume ({why})"
+        )
+        self.summary_path = run_dir / "summary.json"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's preemption, `docker stop`, torchrun passing on a stop) met during `fit`."""
 
@@ -398,6 +409,10 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
                     break
                 epoch += 1
             return trainer.finish()
+    except RunFinished as done:  # its summary.json as it was
+        if info.is_main:
+            log(str(done))
+        return json.loads(done.summary_path.read_text())
     except KeyboardInterrupt as exc:
         stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
         code = 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130  # the shell's codes for each signal
@@ -433,6 +448,13 @@ class Trainer:
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
         run_dir = Path(cfg.resume) if cfg.resume else (make_run_dir(cfg) if info.is_main else None)
         self.run_dir = Path(ddp.broadcast_object(str(run_dir), info))
+        # The planned length: --epochs, or fewer when a --time budget says so (kept in checkpoints for --resume).
+        self.budget = cfg.time_budget_s()
+        self.epochs = cfg.epochs
+        if ckpt and self.budget is not None and ckpt.get("planned_epochs"):
+            self.epochs = min(cfg.epochs, int(ckpt["planned_epochs"]))
+        if ckpt and int(ckpt["epoch"]) >= self.epochs and (self.run_dir / "summary.json").exists():
+            raise RunFinished(self.run_dir, int(ckpt["epoch"]), budget_bound=self.epochs < cfg.epochs)
 
         if cfg.mode != "finetune" and not cfg.pretrained:
             log(f"warning: --mode {cfg.mode} without --pretrained freezes a random backbone; use --mode finetune")
@@ -480,11 +502,6 @@ class Trainer:
             self.mixer = MixupCutmix(self.splits.num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
         self.scaler = torch.amp.GradScaler(self.precision.device.type, enabled=self.precision.needs_grad_scaler)
         self.lr, self.wd = cfg.resolved_lr(), cfg.resolved_wd()  # config.yaml keeps None where a default applied
-        # The planned length: --epochs, or fewer when a --time budget says so (kept in checkpoints for --resume).
-        self.budget = cfg.time_budget_s()
-        self.epochs = cfg.epochs
-        if ckpt and self.budget is not None and ckpt.get("planned_epochs"):
-            self.epochs = min(cfg.epochs, int(ckpt["planned_epochs"]))
         self.elapsed_before = float(ckpt.get("elapsed_seconds", 0.0)) if ckpt else 0.0  # the budget spans resumes
         self.phases = plan_phases(cfg.mode, self.epochs, cfg.freeze_epochs)
         self.phase = -1  # index into self.phases; start_phase fills the four attributes below
@@ -683,7 +700,7 @@ class Trainer:
             "epochs_planned": self.epochs,
             "time_budget_s": self.budget,
             "stopped_early": self.stopped_early,
-            "wall_seconds": clock() - self.started,
+            "wall_seconds": self.elapsed(),  # the whole run, earlier sessions of a resumed one included
             "train_images_per_s": self.train_images / self.train_seconds if self.train_seconds else None,
             "precision": self.precision.describe(),
             "feature_cache": self.cached,

@@ -5,6 +5,7 @@ Ctrl-C and SIGTERM say what last.pt holds and how to go on.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -118,3 +119,33 @@ def test_sigterm_to_the_cli_prints_one_line_and_keeps_last_pt(digits_dir, tmp_pa
         f"resnetlab train: error: terminated; {run / 'last.pt'} holds epoch {saved}: "
         f"continue with resnetlab train --resume {run}"
     ]
+
+
+def test_resuming_a_finished_run_rewrites_nothing_and_says_so(digits_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(digits_dir, run, epochs=2)
+    first = fit(cfg, log=lambda _: None)
+    files = {p.name: p.read_bytes() for p in run.iterdir()}
+    said: list[str] = []
+    again = fit(cfg.merge({"resume": str(run)}), log=said.append)
+    assert said == [
+        f"{run} already finished: last.pt holds its last epoch, 2; nothing to resume "
+        "(to train on, resume with --epochs above 2)"
+    ]
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files  # no new event file, summary.json as it was
+    assert again == json.loads(json.dumps(first))
+    longer = fit(cfg.merge({"resume": str(run), "epochs": 3}), log=lambda _: None)  # the advice works
+    assert longer["epochs_run"] == 3
+
+
+def test_wall_seconds_count_every_session_of_a_resumed_run(digits_dir, tmp_path, monkeypatch):
+    from resnetlab.engine import fit as fit_module
+
+    now = iter(range(0, 10_000, 10))  # each reading of the clock: 10 s later
+    monkeypatch.setattr(fit_module, "clock", lambda: float(next(now)))
+    cut = tiny_config(digits_dir, tmp_path / "cut", epochs=3)
+    with pytest.raises(Killed):
+        fit(cut, log=kill_after(2, 3))
+    before = load_checkpoint(tmp_path / "cut" / "last.pt")["elapsed_seconds"]
+    summary = fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
+    assert before > 0 and summary["wall_seconds"] > before
