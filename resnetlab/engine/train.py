@@ -53,12 +53,13 @@ def fresh_bn_stats(model: nn.Module) -> Iterator[Callable[[int], None]]:
     """Within the block (one epoch), the running statistics of `model`'s training BatchNorms start afresh.
 
     Each layer's running mean and variance become the equal-weight average of the epoch's first 1/momentum batches
-    (momentum None: PyTorch's cumulative average, the first batch replacing what was there), then move on with the
-    layer's own momentum. With momentum 0.1 over few batches an epoch, the plain moving average still carries the
-    statistics of much older weights when the epoch is validated: after the first epoch of MobileNet V2 on the demo
-    data (9 batches an epoch) its variances were up to 766x those of the current weights, and validation predicted
-    one class for 6 epochs (benchmarks/RESULTS.md). Yields `after_batch(n)`, which hands each layer its momentum back
-    once n batches fill its window; on leaving, every layer has it back, however short the epoch.
+    (momentum 1 for the first batch, which replaces what was there, 1/n for the n-th), then move on with the layer's
+    own momentum. With momentum 0.1 over few batches an epoch, the plain moving average still carries the statistics
+    of much older weights when the epoch is validated: after the first epoch of MobileNet V2 on the demo data (9
+    batches an epoch) its variances were up to 766x those of the current weights, and validation predicted one class
+    for 6 epochs (benchmarks/RESULTS.md). The factors are set as numbers, not PyTorch's momentum None, which reads the
+    batch count back from the device at every layer. Yields `after_batch(n)`, to call after the n-th batch; on
+    leaving, every layer has its own momentum back, however short the epoch.
     """
     layers = [
         (m, m.momentum)
@@ -66,18 +67,17 @@ def fresh_bn_stats(model: nn.Module) -> Iterator[Callable[[int], None]]:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats and m.momentum
     ]
     for m, _ in layers:
-        m.num_batches_tracked.zero_()
-        m.momentum = None
+        m.momentum = 1.0
 
     def after_batch(n: int) -> None:
         for m, momentum in layers:
-            if m.momentum is None and n >= round(1 / momentum):
-                m.momentum = momentum
+            m.momentum = max(momentum, 1.0 / (n + 1))
 
     try:
         yield after_batch
     finally:
-        after_batch(sys.maxsize)
+        for m, momentum in layers:
+            m.momentum = momentum
 
 
 def train_one_epoch(
