@@ -10,6 +10,7 @@ from resnetlab.config import TrainConfig
 from resnetlab.engine.optim import Schedule
 from resnetlab.engine.precision import resolve_precision
 from resnetlab.engine.train import train_one_epoch
+from resnetlab.errors import ResnetlabError
 
 
 def _model() -> nn.Sequential:
@@ -93,5 +94,5 @@ def test_frozen_batchnorm_is_left_alone():
 def test_epoch_is_the_default_and_running_can_be_chosen():
     assert TrainConfig().bn_stats == "epoch"
     assert TrainConfig.from_dict({"bn_stats": "running"}).bn_stats == "running"
-    with pytest.raises(Exception, match="bn_stats 'ema': choose one of epoch, running"):
+    with pytest.raises(ResnetlabError, match="bn_stats 'ema': choose one of epoch, running"):
         TrainConfig.from_dict({"bn_stats": "ema"})
