@@ -86,8 +86,8 @@ class TrainConfig:
     freeze_bn: bool = _f(False, "keep every BatchNorm in eval mode (frozen statistics, affine still trains)")
     bn_stats: str = _f(
         "epoch",
-        "running BatchNorm statistics: epoch (each epoch starts them afresh, averaging its first 1/momentum batches "
-        "equally, then the usual momentum; not with --compile) or running (PyTorch's one moving average across epochs)",
+        "running BatchNorm statistics: epoch (each epoch's moving average starts afresh, bias-corrected as Adam's "
+        "moments) or running (PyTorch's one moving average across epochs)",
     )
     # --- optimisation
     epochs: int = _f(20, "number of epochs (with --time: at most this many)")

@@ -612,7 +612,7 @@ class Trainer:
             self.train_model, data.train_loader, self.optimizer, self.schedule, self.criterion, self.step_precision,
             scaler=self.scaler, mixer=self.mixer, aux_weight=cfg.aux_weight, grad_clip=cfg.grad_clip,
             eval_modules=[] if self.cached else self.eval_modules, freeze_bn=cfg.freeze_bn,
-            bn_stats="running" if cfg.compile else cfg.bn_stats, info=self.info,  # new momenta would recompile
+            bn_stats=cfg.bn_stats, info=self.info,
             desc=f"epoch {epoch + 1}/{self.epochs}", progress=self.progress, ema=self.ema,
         )  # fmt: skip
         if not math.isfinite(stats["loss"]):

@@ -49,35 +49,35 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 @contextmanager
-def fresh_bn_stats(model: nn.Module) -> Iterator[Callable[[int], None]]:
+def fresh_bn_stats(model: nn.Module) -> Iterator[None]:
     """Within the block (one epoch), the running statistics of `model`'s training BatchNorms start afresh.
 
-    Each layer's running mean and variance become the equal-weight average of the epoch's first 1/momentum batches
-    (momentum 1 for the first batch, which replaces what was there, 1/n for the n-th), then move on with the layer's
-    own momentum. With momentum 0.1 over few batches an epoch, the plain moving average still carries the statistics
-    of much older weights when the epoch is validated: after the first epoch of MobileNet V2 on the demo data (9
-    batches an epoch) its variances were up to 766x those of the current weights, and validation predicted one class
-    for 6 epochs (benchmarks/RESULTS.md). The factors are set as numbers, not PyTorch's momentum None, which reads the
-    batch count back from the device at every layer. Yields `after_batch(n)`, to call after the n-th batch; on
-    leaving, every layer has its own momentum back, however short the epoch.
+    They are zeroed on entry and, on leaving, divided by the weight the epoch's n batches carry in the moving average,
+    1 - (1 - momentum)^n (Adam's bias correction): each layer keeps its own momentum, but nothing from earlier epochs
+    remains. With momentum 0.1 over few batches an epoch, the plain moving average still carries the statistics of
+    much older weights when the epoch is validated: after the first epoch of MobileNet V2 on the demo data (9 batches
+    an epoch) its variances were up to 766x those of the current weights, and validation predicted one class for 6
+    epochs (benchmarks/RESULTS.md). Momenta stay put, so a compiled model is not recompiled, and nothing is read back
+    from the device.
     """
     layers = [
-        (m, m.momentum)
+        m
         for m in model.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats and m.momentum
     ]
-    for m, _ in layers:
-        m.momentum = 1.0
-
-    def after_batch(n: int) -> None:
-        for m, momentum in layers:
-            m.momentum = max(momentum, 1.0 / (n + 1))
-
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]
+    for m in layers:
+        m.running_mean.zero_()
+        m.running_var.zero_()
     try:
-        yield after_batch
+        yield
     finally:
-        for m, momentum in layers:
-            m.momentum = momentum
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(layers, saved):
+                n = (m.num_batches_tracked - count).to(mean.dtype)  # batches this epoch
+                weight = (1 - (1 - m.momentum) ** n).clamp(min=1e-12)
+                m.running_mean.copy_(torch.where(n > 0, m.running_mean / weight, mean))  # no batch: as it was
+                m.running_var.copy_(torch.where(n > 0, m.running_var / weight, var))
 
 
 def train_one_epoch(
@@ -110,8 +110,7 @@ def train_one_epoch(
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     start = time.perf_counter()
     last_lr = current_lr(optimizer)
-    window = fresh_bn_stats(model) if bn_stats == "epoch" else nullcontext(lambda _n: None)
-    with window as after_batch:
+    with fresh_bn_stats(model) if bn_stats == "epoch" else nullcontext():
         bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress, file=sys.stdout)
         for step, (images, labels) in enumerate(bar):
             images = precision.prepare_batch(images)  # (B, C, H, W)
@@ -137,7 +136,6 @@ def train_one_epoch(
                 optimizer.step()
             last_lr = current_lr(optimizer)  # the rate this step used, before the schedule moves it
             schedule.step()
-            after_batch(step + 1)
             if ema is not None:
                 ema.update()
 

@@ -48,24 +48,29 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("n_batches", [2, 12])
-def test_epoch_stats_average_the_first_window_equally_then_move_with_the_momentum(n_batches):
+def test_epoch_stats_are_the_epochs_own_moving_average_bias_corrected(n_batches):
     model = _model()
     bn = model[1]
-    bn.momentum = 0.25  # a window of 4 batches
+    bn.momentum = 0.25
     bn.running_mean.fill_(100.0)  # what older weights left behind: must not survive the epoch
     bn.running_var.fill_(1e4)
     seen = _epoch(model, _batches(n_batches), "epoch")
 
+    weights = [0.25 * 0.75 ** (n_batches - 1 - i) for i in range(n_batches)]  # batch i's share, newest largest
     stats = [_stats(x) for x in seen]
-    window = min(4, n_batches)
-    mean = sum(m for m, _ in stats[:window]) / window
-    var = sum(v for _, v in stats[:window]) / window
-    for m, v in stats[window:]:
-        mean, var = 0.75 * mean + 0.25 * m, 0.75 * var + 0.25 * v
+    mean = sum(w * m for w, (m, _) in zip(weights, stats)) / sum(weights)
+    var = sum(w * v for w, (_, v) in zip(weights, stats)) / sum(weights)
     torch.testing.assert_close(bn.running_mean, mean)
     torch.testing.assert_close(bn.running_var, var)
-    assert bn.momentum == 0.25  # handed back, even when the epoch was shorter than the window
-    assert int(bn.num_batches_tracked) == n_batches
+    assert bn.momentum == 0.25 and int(bn.num_batches_tracked) == n_batches
+
+
+def test_an_epoch_without_batches_keeps_the_statistics():
+    model = _model()
+    bn = model[1]
+    bn.running_mean.fill_(3.0)
+    _epoch(model, [], "epoch")
+    assert torch.equal(bn.running_mean, torch.full((4,), 3.0)) and torch.equal(bn.running_var, torch.ones(4))
 
 
 def test_running_stats_keep_pytorchs_moving_average():
