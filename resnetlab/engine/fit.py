@@ -480,7 +480,7 @@ class Trainer:
         if cfg.ema:
             from resnetlab.engine.ema import ModelEma
 
-            self.ema = ModelEma(self.model, cfg.ema)
+            self.ema = ModelEma(self.model, cfg.ema, copy_bn_stats=cfg.bn_stats == "epoch")
             if ckpt is not None and ckpt.get("train_model") is not None:
                 self.ema.load(ckpt["model"], ckpt.get("ema") or {})
         self.data = build_data(cfg, model.default_cfg, info, self.precision, self.splits)

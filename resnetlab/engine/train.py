@@ -152,6 +152,8 @@ def train_one_epoch(
                     img_s=f"{seen * info.world_size / (time.perf_counter() - start):.1f}",
                 )
         bar.close()
+    if ema is not None:
+        ema.copy_bn_stats()  # the epoch's corrected statistics (a no-op where the EMA averages them)
     seconds = time.perf_counter() - start
     loss_sum, correct, count = all_reduce_sum(totals, info).tolist()
     count = max(count, 1.0)

@@ -24,3 +24,25 @@ def test_ema_follows_the_formula_and_copies_integer_buffers():
     assert not any(p.requires_grad for p in ema.module.parameters())
     with pytest.raises(ValueError, match="decay"):
         ModelEma(model, decay=1.0)
+
+
+def test_with_epoch_bn_stats_the_average_copies_the_corrected_statistics():
+    # During an epoch of `--bn-stats epoch` the running statistics are a partial sum from zero: averaging them step by
+    # step would pull the EMA's statistics towards zero. They are copied once the epoch has corrected them.
+    from resnetlab.engine.optim import Schedule
+    from resnetlab.engine.precision import resolve_precision
+    from resnetlab.engine.train import train_one_epoch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    ema = ModelEma(model, decay=0.9, copy_bn_stats=True)
+    batches = [(torch.randn(8, 3, 6, 6) * 3 + 2, torch.randint(0, 2, (8,))) for _ in range(3)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_one_epoch(
+        model, batches, opt, Schedule(), nn.CrossEntropyLoss(), resolve_precision("cpu", "off", False), ema=ema,
+        bn_stats="epoch",
+    )  # fmt: skip
+    assert torch.equal(ema.module[1].running_var, model[1].running_var)
+    assert torch.equal(ema.module[1].running_mean, model[1].running_mean)
+    assert not torch.equal(ema.module[0].weight, model[0].weight)  # the weights are still averaged
