@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,11 @@ from resnetlab.engine.optim import (
     param_groups,
     plan_phases,
     retarget_schedule,
+    set_train_mode,
 )
 from resnetlab.engine.precision import Precision, inference_mode, resolve_precision
 from resnetlab.engine.run_state import capture_rng, restore_rng, seed_epoch, seed_everything
-from resnetlab.engine.train import progress_enabled, train_one_epoch
+from resnetlab.engine.train import fresh_bn_stats, progress_enabled, train_one_epoch
 from resnetlab.errors import ResnetlabError
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "val_acc5", "img_s")
@@ -608,13 +609,20 @@ class Trainer:
             data.sampler.set_epoch(epoch)
         seed_epoch(cfg.seed, epoch, self.info.rank, tuple(data.generators.values()))
         start = time.perf_counter()
-        stats = train_one_epoch(
-            self.train_model, data.train_loader, self.optimizer, self.schedule, self.criterion, self.step_precision,
-            scaler=self.scaler, mixer=self.mixer, aux_weight=cfg.aux_weight, grad_clip=cfg.grad_clip,
-            eval_modules=[] if self.cached else self.eval_modules, freeze_bn=cfg.freeze_bn,
-            bn_stats=cfg.bn_stats, info=self.info,
-            desc=f"epoch {epoch + 1}/{self.epochs}", progress=self.progress, ema=self.ema,
-        )  # fmt: skip
+        eval_modules = [] if self.cached else self.eval_modules
+        # --bn-stats epoch: the running statistics of the BatchNorms this epoch trains cover this epoch only.
+        bn_window = nullcontext()
+        if cfg.bn_stats == "epoch":
+            bn_window = fresh_bn_stats(set_train_mode(self.train_model, eval_modules, cfg.freeze_bn))
+        with bn_window:
+            stats = train_one_epoch(
+                self.train_model, data.train_loader, self.optimizer, self.schedule, self.criterion,
+                self.step_precision, scaler=self.scaler, mixer=self.mixer, aux_weight=cfg.aux_weight,
+                grad_clip=cfg.grad_clip, eval_modules=eval_modules, freeze_bn=cfg.freeze_bn, info=self.info,
+                desc=f"epoch {epoch + 1}/{self.epochs}", progress=self.progress, ema=self.ema,
+            )  # fmt: skip
+        if self.ema:
+            self.ema.copy_bn_stats()  # the epoch's corrected statistics (a no-op where the EMA averages them)
         if not math.isfinite(stats["loss"]):
             raise ResnetlabError(
                 f"training diverged at epoch {epoch + 1} (loss is {stats['loss']}); lower --lr or add --grad-clip"

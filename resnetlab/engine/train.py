@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -93,16 +93,12 @@ def train_one_epoch(
     grad_clip: float | None = None,
     eval_modules: Sequence[nn.Module] = (),
     freeze_bn: bool = False,
-    bn_stats: str = "running",
     info: DistInfo = DistInfo(),
     desc: str = "train",
     progress: bool = False,
     ema: Any = None,
 ) -> dict[str, float]:
-    """Train for one pass over `loader`; returns the epoch's mean loss, accuracy, images/s and final LR (all ranks).
-
-    `bn_stats`: "epoch" restarts the running BatchNorm statistics (`fresh_bn_stats`), "running" keeps PyTorch's.
-    """
+    """Train for one pass over `loader`; returns the epoch's mean loss, accuracy, images/s and final LR (all ranks)."""
     from tqdm import tqdm
 
     set_train_mode(model, eval_modules, freeze_bn)
@@ -110,50 +106,47 @@ def train_one_epoch(
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     start = time.perf_counter()
     last_lr = current_lr(optimizer)
-    with fresh_bn_stats(model) if bn_stats == "epoch" else nullcontext():
-        bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress, file=sys.stdout)
-        for step, (images, labels) in enumerate(bar):
-            images = precision.prepare_batch(images)  # (B, C, H, W)
-            labels = labels.to(device, non_blocking=True)
-            target = labels
-            if mixer is not None:
-                images, target = mixer(images, labels)  # target: (B, num_classes) soft labels
-            with precision.autocast():
-                out = model(images)
-                loss, logits = compute_loss(out, target, criterion, aux_weight)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None and scaler.is_enabled():
-                scaler.scale(loss).backward()
-                if grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-            last_lr = current_lr(optimizer)  # the rate this step used, before the schedule moves it
-            schedule.step()
-            if ema is not None:
-                ema.update()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress, file=sys.stdout)
+    for step, (images, labels) in enumerate(bar):
+        images = precision.prepare_batch(images)  # (B, C, H, W)
+        labels = labels.to(device, non_blocking=True)
+        target = labels
+        if mixer is not None:
+            images, target = mixer(images, labels)  # target: (B, num_classes) soft labels
+        with precision.autocast():
+            out = model(images)
+            loss, logits = compute_loss(out, target, criterion, aux_weight)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        last_lr = current_lr(optimizer)  # the rate this step used, before the schedule moves it
+        schedule.step()
+        if ema is not None:
+            ema.update()
 
-            n = labels.numel()
-            hard = target.argmax(1) if target.ndim == 2 else target  # mixup: the dominant label
-            correct = (logits.argmax(1) == hard).sum()
-            totals += torch.stack([loss.detach().double() * n, correct.double(), totals.new_tensor(n)])
-            if progress and (step % 5 == 0 or step == len(bar) - 1):
-                seen = totals[2].item()
-                bar.set_postfix(
-                    loss=f"{totals[0].item() / seen:.3f}",
-                    acc=f"{totals[1].item() / seen:.3f}",
-                    lr=f"{current_lr(optimizer):.2e}",
-                    img_s=f"{seen * info.world_size / (time.perf_counter() - start):.1f}",
-                )
-        bar.close()
-    if ema is not None:
-        ema.copy_bn_stats()  # the epoch's corrected statistics (a no-op where the EMA averages them)
+        n = labels.numel()
+        hard = target.argmax(1) if target.ndim == 2 else target  # mixup: the dominant label
+        correct = (logits.argmax(1) == hard).sum()
+        totals += torch.stack([loss.detach().double() * n, correct.double(), totals.new_tensor(n)])
+        if progress and (step % 5 == 0 or step == len(bar) - 1):
+            seen = totals[2].item()
+            bar.set_postfix(
+                loss=f"{totals[0].item() / seen:.3f}",
+                acc=f"{totals[1].item() / seen:.3f}",
+                lr=f"{current_lr(optimizer):.2e}",
+                img_s=f"{seen * info.world_size / (time.perf_counter() - start):.1f}",
+            )
+    bar.close()
     seconds = time.perf_counter() - start
     loss_sum, correct, count = all_reduce_sum(totals, info).tolist()
     count = max(count, 1.0)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from torch import nn
 
 from resnetlab.config import TrainConfig
-from resnetlab.engine.optim import Schedule
+from resnetlab.engine.optim import Schedule, set_train_mode
 from resnetlab.engine.precision import resolve_precision
-from resnetlab.engine.train import train_one_epoch
+from resnetlab.engine.train import fresh_bn_stats, train_one_epoch
 from resnetlab.errors import ResnetlabError
 
 
@@ -34,10 +36,13 @@ def _epoch(model: nn.Module, batches: list, bn_stats: str, eval_modules=()) -> l
     seen: list[torch.Tensor] = []
     hook = model[1].register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach().clone()))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    train_one_epoch(
-        model, batches, opt, Schedule(), nn.CrossEntropyLoss(), resolve_precision("cpu", "off", False),
-        eval_modules=eval_modules, bn_stats=bn_stats,
-    )  # fmt: skip
+    # As `Trainer.run_epoch` does: the window wraps the epoch, over the BatchNorms in training mode.
+    window = fresh_bn_stats(set_train_mode(model, eval_modules)) if bn_stats == "epoch" else nullcontext()
+    with window:
+        train_one_epoch(
+            model, batches, opt, Schedule(), nn.CrossEntropyLoss(), resolve_precision("cpu", "off", False),
+            eval_modules=eval_modules,
+        )  # fmt: skip
     hook.remove()
     return seen
 
@@ -101,3 +106,35 @@ def test_epoch_is_the_default_and_running_can_be_chosen():
     assert TrainConfig.from_dict({"bn_stats": "running"}).bn_stats == "running"
     with pytest.raises(ResnetlabError, match="bn_stats 'ema': choose one of epoch, running"):
         TrainConfig.from_dict({"bn_stats": "ema"})
+
+
+def test_fit_saves_each_epochs_own_statistics(digits_dir, tmp_path):
+    # The same training with either setting (statistics never feed back into training mode), so the epoch's own
+    # statistics follow from the moving average's: running = 0.9^n * (0, 1) + (1 - 0.9^n) * epoch's, n batches.
+    from resnetlab.engine.checkpoint import load_checkpoint
+    from resnetlab.engine.fit import fit
+    from tests.engine.conftest import tiny_config
+
+    for setting in ("running", "epoch"):
+        fit(tiny_config(digits_dir, tmp_path / setting, epochs=1, bn_stats=setting), log=lambda _: None)
+    running, epoch = (load_checkpoint(tmp_path / s / "last.pt")["model"] for s in ("running", "epoch"))
+    keys = [k[: -len(".running_var")] for k in running if k.endswith(".running_var")]
+    assert keys
+    for key in keys:
+        n = int(running[f"{key}.num_batches_tracked"])
+        old = 0.9**n
+        torch.testing.assert_close(epoch[f"{key}.running_mean"], running[f"{key}.running_mean"] / (1 - old))
+        torch.testing.assert_close(epoch[f"{key}.running_var"], (running[f"{key}.running_var"] - old) / (1 - old))
+
+
+def test_fit_with_ema_keeps_the_epochs_corrected_statistics(digits_dir, tmp_path):
+    from resnetlab.engine.checkpoint import load_checkpoint
+    from resnetlab.engine.fit import fit
+    from tests.engine.conftest import tiny_config
+
+    fit(tiny_config(digits_dir, tmp_path / "run", epochs=1, ema=0.99), log=lambda _: None)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    stats = [k for k in ckpt["model"] if k.endswith((".running_mean", ".running_var"))]
+    assert stats
+    for key in stats:  # the averaged model's statistics are the trained model's, not an average of partial sums
+        assert torch.equal(ckpt["model"][key], ckpt["train_model"][key]), key

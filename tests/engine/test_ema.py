@@ -31,7 +31,7 @@ def test_with_epoch_bn_stats_the_average_copies_the_corrected_statistics():
     # step would pull the EMA's statistics towards zero. They are copied once the epoch has corrected them.
     from resnetlab.engine.optim import Schedule
     from resnetlab.engine.precision import resolve_precision
-    from resnetlab.engine.train import train_one_epoch
+    from resnetlab.engine.train import fresh_bn_stats, train_one_epoch
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
@@ -39,10 +39,11 @@ def test_with_epoch_bn_stats_the_average_copies_the_corrected_statistics():
     ema = ModelEma(model, decay=0.9, copy_bn_stats=True)
     batches = [(torch.randn(8, 3, 6, 6) * 3 + 2, torch.randint(0, 2, (8,))) for _ in range(3)]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_one_epoch(
-        model, batches, opt, Schedule(), nn.CrossEntropyLoss(), resolve_precision("cpu", "off", False), ema=ema,
-        bn_stats="epoch",
-    )  # fmt: skip
+    with fresh_bn_stats(model.train()):  # as `Trainer.run_epoch` does
+        train_one_epoch(
+            model, batches, opt, Schedule(), nn.CrossEntropyLoss(), resolve_precision("cpu", "off", False), ema=ema
+        )
+    ema.copy_bn_stats()
     assert torch.equal(ema.module[1].running_var, model[1].running_var)
     assert torch.equal(ema.module[1].running_mean, model[1].running_mean)
     assert not torch.equal(ema.module[0].weight, model[0].weight)  # the weights are still averaged
