@@ -108,15 +108,15 @@ def test_epoch_is_the_default_and_running_can_be_chosen():
         TrainConfig.from_dict({"bn_stats": "ema"})
 
 
-def test_fit_saves_each_epochs_own_statistics(digits_dir, tmp_path):
-    # The same training with either setting (statistics never feed back into training mode), so the epoch's own
-    # statistics follow from the moving average's: running = 0.9^n * (0, 1) + (1 - 0.9^n) * epoch's, n batches.
+def assert_fit_saves_each_epochs_own_statistics(digits_dir, tmp_path, **overrides) -> None:
+    """The same training with either setting (statistics never feed back into training mode), so the epoch's own
+    statistics follow from the moving average's: running = 0.9^n * (0, 1) + (1 - 0.9^n) * epoch's, n batches."""
     from resnetlab.engine.checkpoint import load_checkpoint
     from resnetlab.engine.fit import fit
     from tests.engine.conftest import tiny_config
 
     for setting in ("running", "epoch"):
-        fit(tiny_config(digits_dir, tmp_path / setting, epochs=1, bn_stats=setting), log=lambda _: None)
+        fit(tiny_config(digits_dir, tmp_path / setting, epochs=1, bn_stats=setting, **overrides), log=lambda _: None)
     running, epoch = (load_checkpoint(tmp_path / s / "last.pt")["model"] for s in ("running", "epoch"))
     keys = [k[: -len(".running_var")] for k in running if k.endswith(".running_var")]
     assert keys
@@ -125,6 +125,10 @@ def test_fit_saves_each_epochs_own_statistics(digits_dir, tmp_path):
         old = 0.9**n
         torch.testing.assert_close(epoch[f"{key}.running_mean"], running[f"{key}.running_mean"] / (1 - old))
         torch.testing.assert_close(epoch[f"{key}.running_var"], (running[f"{key}.running_var"] - old) / (1 - old))
+
+
+def test_fit_saves_each_epochs_own_statistics(digits_dir, tmp_path):
+    assert_fit_saves_each_epochs_own_statistics(digits_dir, tmp_path)
 
 
 def test_fit_with_ema_keeps_the_epochs_corrected_statistics(digits_dir, tmp_path):

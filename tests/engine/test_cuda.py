@@ -1,5 +1,6 @@
 """The CUDA paths: AMP (bf16, and fp16 with a grad scaler), channels_last, pinned non-blocking batches, EMA, the
-frozen-backbone feature cache, exact resume, checkpoints that load on a CPU-only machine, and predict.
+frozen-backbone feature cache, exact resume, each epoch's own BatchNorm statistics, checkpoints that load on a
+CPU-only machine, and predict.
 
 CI has no GPU, so every test here is skipped there; they run on a lent GPU machine
 (`python -m pytest tests/engine/test_cuda.py`). DDP with nccl needs two GPUs (NCCL refuses two ranks on one
@@ -79,6 +80,12 @@ def test_resume_is_exact_on_cuda(digits_dir, tmp_path, ema):
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert a["scaler"]["scale"] == b["scaler"]["scale"]
+
+
+def test_bn_stats_epoch_on_cuda(digits_dir, tmp_path):
+    from tests.engine.test_bn_stats import assert_fit_saves_each_epochs_own_statistics
+
+    assert_fit_saves_each_epochs_own_statistics(digits_dir, tmp_path, device="cuda", amp="bf16")
 
 
 def test_frozen_feature_cache_on_cuda(digits_dir, tmp_path):
