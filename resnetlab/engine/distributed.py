@@ -45,6 +45,14 @@ def init_distributed(device: str | None = None) -> DistInfo:
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda") or device == "auto")
     if use_cuda:
+        # Every rank checks before joining, so all of them stop with this line instead of rank N dying in set_device
+        # ("invalid device ordinal") while the others wait 30 s in the rendezvous (seen on a 1-GPU H100, 2026-11-28).
+        per_node, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", info.local_rank + 1)), torch.cuda.device_count()
+        if per_node > gpus:
+            raise ResnetlabError(
+                f"torchrun started {per_node} processes on this machine, which has {gpus} CUDA device(s): run"
+                f" --nproc-per-node {gpus} or fewer (one process per GPU), or pass --device cpu to train on the CPU"
+            )
         torch.cuda.set_device(info.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")

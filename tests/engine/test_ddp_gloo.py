@@ -13,6 +13,7 @@ float-rounding noise in near-zero gradients into differences of a whole step (se
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ from tests.engine.conftest import sigterm_after, write_digits
 ARGS = [
     "--model", "resnet20", "--img-size", "16", "--epochs", "2", "--batch-size", "8", "--augment", "none",
     "--freeze-bn", "--opt", "sgd", "--lr", "0.01", "--amp", "off", "--workers", "0", "--cache", "none",
-    "--seed", "3", "--no-progress",
+    "--seed", "3", "--no-progress", "--device", "cpu",
 ]  # fmt: skip
 
 
@@ -98,11 +99,10 @@ def test_two_gloo_ranks_with_muon_track_one_process(tmp_path):
 
 def test_sigterm_to_torchrun_stops_every_rank_with_the_same_advice(tmp_path):
     # torchrun passes SIGTERM on to its workers; only rank 0 writes last.pt, yet every rank's line must name it.
-    import re
-
     data = write_digits(tmp_path / "data", {0: 10, 1: 10, 2: 10, 3: 10})
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     args = ["--model", "resnet20", "--img-size", "16", "--epochs", "100", "--batch-size", "8", "--workers", "0"]
+    args += ["--device", "cpu"]  # gloo: on a machine with one GPU, two CUDA ranks would be refused
     cmd = [*torchrun, "-m", "resnetlab", "train", str(data), *args, "--out", str(tmp_path / "run")]
     _, err = sigterm_after(cmd, "epoch   2/", env={**os.environ, "OMP_NUM_THREADS": "1"})
     run = tmp_path / "run"
@@ -112,3 +112,22 @@ def test_sigterm_to_torchrun_stops_every_rank_with_the_same_advice(tmp_path):
     epochs = [int(m.group(1)) for ln in said if (m := re.fullmatch(pattern + re.escape(advice), ln))]
     assert len(said) == 2 and len(epochs) == 2, err[-3000:]
     assert load_checkpoint(run / "last.pt")["epoch"] in epochs and min(epochs) >= 2
+
+
+def test_more_ranks_than_gpus_is_one_clear_line_on_every_rank(monkeypatch):
+    from resnetlab.engine import distributed as ddp
+    from resnetlab.errors import ResnetlabError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda _: pytest.fail("set_device before the check"))
+    expected = "torchrun started 2 processes on this machine, which has 1 CUDA device(s): run --nproc-per-node 1 or"
+    for rank in (0, 1):  # rank 0 too: it must not wait in the rendezvous for a rank that cannot start
+        env = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        with pytest.raises(ResnetlabError, match=re.escape(expected)):
+            ddp.init_distributed(None)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda _: None)
+    monkeypatch.setattr(ddp.dist, "is_initialized", lambda: True)  # joining is not this test's business
+    assert ddp.init_distributed("cpu").world_size == 2  # --device cpu: gloo, no GPU count applies
