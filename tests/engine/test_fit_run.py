@@ -125,3 +125,24 @@ def test_drop_last_only_for_small_tail_batches():
     assert not _drop_last(576, 64, one)  # exact
     assert _drop_last(65, 64, one)  # a batch of one cannot be normalised
     assert not _drop_last(10, 64, one)  # no full batch: keep everything
+    assert _drop_last(2022, 64, one, whole_batches=True)  # --compile: one batch shape, one graph
+    assert not _drop_last(576, 64, one, whole_batches=True)
+    assert not _drop_last(10, 64, one, whole_batches=True)
+
+
+@pytest.mark.slow  # compiling takes ~30 s of the 2 cores
+def test_compiled_training_runs_one_graph(digits_dir, tmp_path, monkeypatch):
+    # 39 training images in batches of 8 leave 7 over, a batch that uncompiled training keeps; compiled, a second
+    # batch size would recompile the model (torch._dynamo raises on that here).
+    import torch._dynamo
+
+    from resnetlab.engine.fit import fit
+
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    from resnetlab.data.folder import make_splits
+
+    cfg = tiny_config(digits_dir, tmp_path / "run", compile=True, epochs=2)
+    assert len(make_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed).train) % 8 == 7
+    torch._dynamo.reset()
+    summary = fit(cfg, log=lambda _: None)
+    assert summary["epochs_run"] == 2 and len(list(csv.DictReader((tmp_path / "run" / "history.csv").open()))) == 2
