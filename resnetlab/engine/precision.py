@@ -43,9 +43,22 @@ def select_device(device: str | None = None) -> torch.device:
     """`None`/"auto" picks CUDA when present, else CPU; otherwise the named device, checked."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ResnetlabError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:  # torch's message lists twenty device types, most of which resnetlab never runs on
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ResnetlabError(f"--device {device}: not a device resnetlab trains on; use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ResnetlabError(f"--device {device}: Apple's MPS is not available on this machine; use --device cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ResnetlabError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ResnetlabError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
     return dev
 
 
