@@ -29,6 +29,47 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "bn_stats": ("epoch", "running"),
 }
 
+# Allowed ranges of numeric options: (low, low included, high, high included); None = unbounded. A value of None
+# (an option left to its default) is not checked. Lists are checked element by element.
+BOUNDS: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "epochs": (1, True, None, False),
+    "batch_size": (1, True, None, False),
+    "img_size": (8, True, None, False),
+    "val_fraction": (0, True, 1, False),
+    "workers": (0, True, None, False),
+    "mixup": (0, True, None, False),
+    "cutmix": (0, True, None, False),
+    "dropout": (0, True, 1, False),
+    "freeze_epochs": (0, True, None, False),
+    "lr_mult": (0, False, None, False),
+    "lr": (0, True, None, False),
+    "wd": (0, True, None, False),
+    "momentum": (0, True, 1, False),
+    "warmup_epochs": (0, True, None, False),
+    "min_lr_ratio": (0, True, 1, True),
+    "step_size": (1, True, None, False),
+    "milestones": (1, True, None, False),
+    "gamma": (0, False, 1, True),
+    "label_smoothing": (0, True, 1, False),
+    "aux_weight": (0, True, None, False),
+    "grad_clip": (0, False, None, False),
+    "patience": (0, True, None, False),
+    "seed": (0, True, None, False),
+}
+
+
+def _out_of_bounds(key: str, value: float) -> str | None:
+    """The error for `value` of option `key` outside BOUNDS, e.g. 'label_smoothing must be in [0, 1), got 1.5'."""
+    low, low_in, high, high_in = BOUNDS[key]
+    if (low is None or value > low or (low_in and value == low)) and (
+        high is None or value < high or (high_in and value == high)
+    ):
+        return None
+    if high is None:
+        return f"{key} must be {'at least' if low_in else 'above'} {low}, got {value}"
+    return f"{key} must be in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}, got {value}"
+
+
 # Base learning rates at a global batch of 64 (scaled linearly for SGD, by the square root for Adam-style optimisers).
 # AdamW 1e-3 (2e-3 until 2026-11-27): over 5 TrashNet seeds 0.815 against 0.803 (never worse), over 5 hymenoptera
 # seeds 0.714 against 0.698 (benchmarks/RESULTS.md).
@@ -114,7 +155,7 @@ class TrainConfig:
     ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.998; 0 = off)")
     aux_weight: float = _f(0.3, "weight of each GoogLeNet auxiliary loss")
     grad_clip: float | None = _f(None, "clip the gradient norm to this value")
-    patience: int | None = _f(None, "stop after this many epochs without a better validation accuracy")
+    patience: int | None = _f(None, "stop after this many epochs without a better validation accuracy (0 = never)")
     seed: int = _f(0, "random seed (data split, initialisation, augmentation, order)")
     # --- speed and devices
     device: str | None = _f(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
@@ -161,18 +202,11 @@ class TrainConfig:
             value = getattr(self, key)
             if value not in choices:
                 raise ResnetlabError(f"{key} {value!r}: choose one of {', '.join(choices)}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
-        for key, value in positive.items():
-            if value < 1:
-                raise ResnetlabError(f"{key} must be at least 1, got {value}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ResnetlabError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.wd is not None and self.wd < 0:
-            raise ResnetlabError(f"wd must be at least 0, got {self.wd}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ResnetlabError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.img_size is not None and self.img_size < 8:
-            raise ResnetlabError(f"img_size must be at least 8 pixels, got {self.img_size}")
+        for key in BOUNDS:
+            value = getattr(self, key)
+            for item in value if isinstance(value, list) else [] if value is None else [value]:
+                if message := _out_of_bounds(key, item):
+                    raise ResnetlabError(message)
         if self.time is not None:
             parse_duration(self.time, "time")
         if self.ema and not 0.0 < self.ema < 1.0:

@@ -68,11 +68,33 @@ def test_typo_suggestion():
         ({"opt": "lamb"}, "opt 'lamb'"),
         ({"batch_size": 0}, "batch_size"),
         ({"ema": 1.5}, "ema 1.5: a decay between 0 and 1"),
+        # Each of these once reached PyTorch and ended in its traceback, or trained on a meaningless value.
+        ({"workers": -1}, r"workers must be at least 0, got -1"),
+        ({"label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\), got 1.5"),
+        ({"mixup": -1}, r"mixup must be at least 0, got -1.0"),
+        ({"lr": -1}, r"lr must be at least 0, got -1.0"),
+        ({"momentum": 2}, r"momentum must be in \[0, 1\), got 2.0"),
+        ({"grad_clip": 0}, r"grad_clip must be above 0, got 0.0"),
+        ({"gamma": 0}, r"gamma must be in \(0, 1\], got 0.0"),
+        ({"milestones": [5, 0]}, r"milestones must be at least 1, got 0"),
+        ({"seed": -1}, r"seed must be at least 0, got -1"),
+        ({"img_size": 4}, r"img_size must be at least 8, got 4"),
     ],
 )
 def test_bad_values(values, needle):
     with pytest.raises(ResnetlabError, match=needle):
         TrainConfig.from_dict(values)
+
+
+def test_bounds_admit_their_own_limits():
+    from resnetlab.config import BOUNDS
+
+    for key, (low, low_in, high, high_in) in BOUNDS.items():
+        value = low if low_in else high if high_in else None
+        if value is not None:
+            TrainConfig.from_dict({key: [value] if key == "milestones" else value})  # raises if refused
+    # Options left to their defaults (None) are not checked; zero learning rate and patience stay allowed.
+    assert TrainConfig.from_dict({"lr": 0.0, "patience": 0, "grad_clip": None}).lr == 0.0
 
 
 def test_bad_yaml_syntax(tmp_path):
