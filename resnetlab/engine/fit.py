@@ -542,6 +542,7 @@ class Trainer:
             f"-> {self.run_dir}"
         )
         self.epoch_seconds: list[tuple[str, float]] = []  # (phase kind, wall time) of each epoch in this process
+        self.tail_seconds: float | None = None  # validating and saving the last epoch, for EpochCut
         self.mark = clock()
 
     def start_phase(self, epoch: int) -> None:
@@ -578,14 +579,21 @@ class Trainer:
         """Seconds this run has taken so far, counting earlier sessions of a resumed run."""
         return self.elapsed_before + clock() - self.started
 
-    def fit_to_budget(self, epoch: int) -> str | None:
-        """With --time: re-plan the run's length after `epoch`; returns a line to log when the plan changed."""
+    def fit_to_budget(self, epoch: int, cut_at: int | None = None) -> str | None:
+        """With --time: re-plan the run's length after `epoch` (ended after `cut_at` steps when the budget ran out
+        in it); returns a line to log when the plan changed."""
         now = clock()
+        done = epoch + 1
+        if cut_at is not None:  # the budget is spent: this epoch is the last (and, being partial, no estimate)
+            self.epochs, self.phases = done, plan_phases(self.cfg.mode, done, self.cfg.freeze_epochs)
+            return (
+                f"time budget {self.cfg.time}: {self.elapsed():.0f} s used; epoch {done} ended after {cut_at} of its"
+                f" {len(self.data.train_loader)} steps, where the budget runs out, and the run ends with it"
+            )
         self.epoch_seconds.append((self.phases[self.phase][0], now - self.mark))  # saving included
         self.mark = now
         if self.budget is None:
             return None
-        done = epoch + 1
         whole_run = plan_phases(self.cfg.mode, self.cfg.epochs, self.cfg.freeze_epochs)  # an epoch's kind, any length
         kinds = [kind for kind, first, end in whole_run for _ in range(max(first, done), end)]
         costs = costs_ahead(self.epoch_seconds, kinds)
@@ -606,6 +614,26 @@ class Trainer:
             f"the run now ends after epoch {planned}"
         )
 
+    def epoch_cut(self, epoch: int) -> EpochCut | None:
+        """The guard that ends `epoch` early when it alone would overrun a --time budget (None without one)."""
+        if self.budget is None:
+            return None
+        _, first, _ = self.phases[self.phase]
+        steps = len(self.data.train_loader)
+
+        def shorten(cut: int) -> None:  # the current phase's schedule now ends after `cut` steps of this epoch
+            new = retarget_schedule(
+                self.schedule, self.optimizer, self.cfg.sched, epoch + 1 - first,
+                total_steps=(epoch - first) * steps + cut, **self._schedule_args(first),
+            )  # fmt: skip
+            self.schedule.adopt(new)  # in place: train_one_epoch holds this object
+
+        val_steps = len(self.data.val_loader) if self.data.val_loader is not None else 0
+        deadline = clock() + self.budget - self.elapsed()
+        return EpochCut(
+            steps, deadline, self.budget, self.tail_seconds, val_steps, shorten, self.info, self.precision.device
+        )
+
     def run_epoch(self, epoch: int) -> bool:
         """Train and validate one epoch, save checkpoints and logs; True when early stopping says stop."""
         cfg, data = self.cfg, self.data
@@ -619,13 +647,15 @@ class Trainer:
         bn_window = nullcontext()
         if cfg.bn_stats == "epoch":
             bn_window = fresh_bn_stats(set_train_mode(self.train_model, eval_modules, cfg.freeze_bn))
+        cut = self.epoch_cut(epoch)
         with bn_window:
             stats = train_one_epoch(
                 self.train_model, data.train_loader, self.optimizer, self.schedule, self.criterion,
                 self.step_precision, scaler=self.scaler, mixer=self.mixer, aux_weight=cfg.aux_weight,
                 grad_clip=cfg.grad_clip, eval_modules=eval_modules, freeze_bn=cfg.freeze_bn, info=self.info,
-                desc=f"epoch {epoch + 1}/{self.epochs}", progress=self.progress, ema=self.ema,
+                desc=f"epoch {epoch + 1}/{self.epochs}", progress=self.progress, ema=self.ema, stop=cut,
             )  # fmt: skip
+        trained = clock()
         if self.ema:
             self.ema.copy_bn_stats()  # the epoch's corrected statistics (a no-op where the EMA averages them)
         if not math.isfinite(stats["loss"]):
@@ -657,10 +687,12 @@ class Trainer:
             "img_s": stats["img_s"],
         }
         self.history.append(row)
-        replanned = self.fit_to_budget(epoch)
+        cut_at = cut.cut if cut is not None and cut.cut < cut.steps else None
+        replanned = self.fit_to_budget(epoch, cut_at)
         if self.info.is_main:
             self.save(row, improved)
         self.saved_epoch = row["epoch"]  # on every rank, so a stop under torchrun says the same everywhere
+        self.tail_seconds = clock() - trained
         self.log(_fmt(row, self.epochs, (self.best_acc, self.best_epoch)))
         if replanned:
             self.log(replanned)
@@ -781,6 +813,66 @@ def plan_epochs(done: int, planned: int, seconds_left: float, costs: list[float]
         return fits
     spare = seconds_left - costs[0] / 2
     return max(planned, done + epochs_that_fit(spare, costs))
+
+
+# An epoch is cut only when it would overrun the budget by more than this share of it, so an epoch a little slower
+# than planned still ends whole.
+CUT_SLACK = 0.05
+# Steps timed before the first estimate of an epoch's end. Epochs of fewer than CUT_MIN_STEPS steps are never cut:
+# they are short, and the plan between epochs keeps them within the budget.
+CUT_FIRST_CHECK = 3
+CUT_MIN_STEPS = 16
+
+
+class EpochCut:
+    """`--time` inside an epoch: ends it where the budget runs out, when the epoch alone would overrun the budget.
+
+    The epoch plan (`plan_epochs`) acts between epochs, but one epoch of a large folder on a CPU can outlast the whole
+    budget (Ultralytics' `time` stops mid-epoch too). After CUT_FIRST_CHECK and 10 steps and at a quarter, half and
+    three quarters of the epoch (the same steps on every rank, so rank 0's decision is broadcast), the epoch's pace
+    predicts when it ends, validation and saving included. When that passes the deadline by more than CUT_SLACK of it,
+    the epoch is to end at the step where the time runs out, and `shorten(steps)` re-targets the LR schedule so that
+    it anneals there. Later checks, and the step the epoch was to end at, move that step as the pace settles: the
+    first steps pay one-off costs, so the first estimate is the slowest.
+    """
+
+    def __init__(
+        self,
+        steps: int,
+        deadline: float,
+        budget: float,
+        tail_seconds: float | None,
+        val_steps: int,
+        shorten: Callable[[int], None],
+        info: ddp.DistInfo,
+        device: torch.device,
+    ) -> None:
+        self.steps, self.deadline, self.slack = steps, deadline, CUT_SLACK * budget
+        self.tail_seconds, self.val_steps, self.shorten = tail_seconds, val_steps, shorten
+        self.info, self.device = info, device
+        checks = {CUT_FIRST_CHECK, 10, steps // 4, steps // 2, 3 * steps // 4}
+        self.checks = {k for k in checks if CUT_FIRST_CHECK <= k < steps} if steps >= CUT_MIN_STEPS else set()
+        self.cut = steps  # the step the epoch ends at
+        self.timed = (0, clock())  # (steps, time) at the last check: the pace is measured from there
+
+    def __call__(self, done: int) -> bool:
+        if done in self.checks or done == self.cut < self.steps:  # at the cut, the latest pace decides once more
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # time the steps, not their launches
+            now, (done_before, then) = clock(), self.timed
+            self.timed = (done, now)
+            pace = (now - then) / (done - done_before)  # seconds a step
+            # Validation runs forward passes only, about a third of a training step's work per batch.
+            tail = self.tail_seconds if self.tail_seconds is not None else pace * self.val_steps / 3
+            end = now + (self.steps - done) * pace + tail
+            cut = self.steps
+            if end > self.deadline + self.slack or self.cut < self.steps:
+                cut = min(self.steps, done + max(0, int((self.deadline - tail - now) / pace)))
+            cut = ddp.broadcast_object(cut, self.info)
+            if cut != self.cut:
+                self.cut = cut
+                self.shorten(cut)
+        return done >= self.cut
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, info: ddp.DistInfo, precision: Precision) -> nn.Module:

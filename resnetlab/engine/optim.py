@@ -119,6 +119,11 @@ class Schedule:
             self.per_step.last_epoch = steps - 1
             self.per_step.step()
 
+    def adopt(self, other: Schedule) -> None:
+        """Become `other` in place, for a loop that holds this object (a schedule re-targeted mid-epoch)."""
+        self.per_step, self.per_epoch, self.warmup_steps = other.per_step, other.per_epoch, other.warmup_steps
+        self.steps, self.base_lrs = other.steps, other.base_lrs
+
     def step(self) -> None:
         self.steps += 1
         # With plateau, the per-step scheduler only ramps up the warm-up and then leaves the LR to the plateau rule.
@@ -188,11 +193,13 @@ def build_schedule(
     step_size: int | None = None,
     gamma: float = 0.1,
     milestones: list[int] | None = None,
+    total_steps: int | None = None,
 ) -> Schedule:
-    """A `Schedule` for `epochs` epochs of `steps_per_epoch` optimizer steps (warm-up capped at half the run)."""
+    """A `Schedule` for `epochs` epochs of `steps_per_epoch` optimizer steps (warm-up capped at half the run), or for
+    `total_steps` steps when given (a `--time` budget that ends an epoch early)."""
     if name not in SCHEDULERS:
         raise ResnetlabError(f"--sched {name!r}: choose one of {', '.join(SCHEDULERS)}")
-    total = max(1, epochs * steps_per_epoch)
+    total = max(1, epochs * steps_per_epoch if total_steps is None else total_steps)
     warmup = min(int(round(warmup_epochs * steps_per_epoch)), total // 2)
     extra = {"min_lr_ratio": min_lr_ratio, "step_size": step_size, "gamma": gamma, "milestones": milestones or []}
     base_lrs = [group["lr"] for group in optimizer.param_groups]

@@ -97,8 +97,12 @@ def train_one_epoch(
     desc: str = "train",
     progress: bool = False,
     ema: Any = None,
+    stop: Callable[[int], bool] | None = None,
 ) -> dict[str, float]:
-    """Train for one pass over `loader`; returns the epoch's mean loss, accuracy, images/s and final LR (all ranks)."""
+    """Train for one pass over `loader`; returns the epoch's mean loss, accuracy, images/s and final LR (all ranks).
+
+    `stop`, called with the number of steps taken after each one, ends the pass early when it returns True.
+    """
     from tqdm import tqdm
 
     set_train_mode(model, eval_modules, freeze_bn)
@@ -146,6 +150,8 @@ def train_one_epoch(
                 lr=f"{current_lr(optimizer):.2e}",
                 img_s=f"{seen * info.world_size / (time.perf_counter() - start):.1f}",
             )
+        if stop is not None and stop(step + 1):
+            break
     bar.close()
     seconds = time.perf_counter() - start
     loss_sum, correct, count = all_reduce_sum(totals, info).tolist()

@@ -131,3 +131,20 @@ def test_more_ranks_than_gpus_is_one_clear_line_on_every_rank(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda _: None)
     monkeypatch.setattr(ddp.dist, "is_initialized", lambda: True)  # joining is not this test's business
     assert ddp.init_distributed("cpu").world_size == 2  # --device cpu: gloo, no GPU count applies
+
+
+def test_time_budget_ends_an_epoch_on_the_same_step_on_every_rank(tmp_path):
+    # A budget already spent when the first estimate comes (step 3): rank 0's cut is broadcast, so both ranks leave
+    # the loop at the same step (a rank that went on would wait forever in DDP's all-reduce).
+    data = write_digits(tmp_path / "data", {0: 20, 1: 20, 2: 20, 3: 20})  # 64 train: 16 steps of 2 on each rank
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    args = ["--model", "resnet20", "--img-size", "16", "--epochs", "5", "--batch-size", "4", "--workers", "0"]
+    args += ["--device", "cpu", "--no-progress", "--time", "0.01s", "--out", str(tmp_path / "run")]
+    proc = subprocess.run(
+        [*torchrun, "-m", "resnetlab", "train", str(data), *args],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "epoch 1 ended after 3 of its 16 steps, where the budget runs out" in proc.stdout
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == ckpt["planned_epochs"] == 1 and ckpt["scheduler"]["steps"] == 3

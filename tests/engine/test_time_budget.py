@@ -192,3 +192,88 @@ def test_cli_says_how_many_epochs_fit(digits_dir, tmp_path, fake_clock, capsys):
     assert main(["train", str(digits_dir), *flags, "--epochs", "10", "--time", "35s", "--out", str(out)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("done in 30s (3 of 10 epochs fit the 35s budget): best val accuracy")
+
+
+def _epoch_cut(monkeypatch, steps: int, deadline: float, tail: float | None = 0.0, val_steps: int = 0):
+    """An EpochCut over `steps` steps, a fake clock starting at 0, and the cuts it asked for."""
+    from resnetlab.engine.distributed import DistInfo
+    from resnetlab.engine.fit import EpochCut
+
+    now, cuts = [0.0], []
+    monkeypatch.setattr(fit_module, "clock", lambda: now[0])
+    guard = EpochCut(steps, deadline, 100.0, tail, val_steps, cuts.append, DistInfo(), torch.device("cpu"))
+    return guard, now, cuts
+
+
+def _run(guard, now, pace) -> int:
+    """Steps taken before `guard` stops the epoch, each taking pace(step) seconds of the fake clock."""
+    for step in range(1, guard.steps + 1):
+        now[0] += pace(step)
+        if guard(step):
+            return step
+    return guard.steps
+
+
+def test_epoch_cut_ends_an_epoch_where_the_budget_runs_out(monkeypatch):
+    # 100 steps of 1 s against a deadline at 60 s: at step 3 the end is predicted at 100 s, so the epoch is to end
+    # at step 60, and the schedule is told so once.
+    guard, now, cuts = _epoch_cut(monkeypatch, 100, deadline=60.0)
+    assert guard.checks == {3, 10, 25, 50, 75}
+    assert _run(guard, now, lambda _: 1.0) == 60 and cuts == [60]
+
+
+def test_epoch_cut_leaves_time_to_validate(monkeypatch):
+    # Validation not timed yet: 30 batches at a third of a 1 s step, 10 s, come off the deadline.
+    guard, now, cuts = _epoch_cut(monkeypatch, 100, deadline=60.0, tail=None, val_steps=30)
+    assert _run(guard, now, lambda _: 1.0) == 50 and cuts == [50]
+    # Timed in an earlier epoch: that is used instead.
+    guard, now, cuts = _epoch_cut(monkeypatch, 100, deadline=60.0, tail=4.0, val_steps=30)
+    assert _run(guard, now, lambda _: 1.0) == 56
+
+
+def test_epoch_cut_follows_the_pace_after_slow_first_steps(monkeypatch):
+    # The first 10 steps pay one-off costs (3 s each): the first estimates cut at step 20. There the pace since the
+    # last check is 1 s a step, so the epoch runs on to where the 60 s really end, step 40.
+    guard, now, cuts = _epoch_cut(monkeypatch, 100, deadline=60.0)
+    assert _run(guard, now, lambda step: 3.0 if step <= 10 else 1.0) == 40 and cuts == [20, 40] and now[0] == 60.0
+
+
+def test_epoch_cut_keeps_epochs_that_end_within_the_slack(monkeypatch):
+    # 100 s of steps, a deadline at 97 s: 3 s over, under 5% of the 100 s budget, so the epoch ends whole.
+    guard, now, cuts = _epoch_cut(monkeypatch, 100, deadline=97.0)
+    assert _run(guard, now, lambda _: 1.0) == 100 and cuts == []
+    # Epochs of fewer than CUT_MIN_STEPS steps are never timed, so never cut.
+    guard, now, cuts = _epoch_cut(monkeypatch, 15, deadline=1.0)
+    assert guard.checks == set() and _run(guard, now, lambda _: 1.0) == 15
+
+
+def test_budget_shorter_than_one_epoch_ends_it_annealed(digits_dir, tmp_path, monkeypatch):
+    # Batches of 2: 19 steps an epoch, each taking 1 s of a fake clock, against a 12 s budget. The first epoch is cut
+    # at the step where the budget runs out, its cosine re-targeted to end there: the last step runs at the floor.
+    now = [0.0]
+    real = fit_module.train_one_epoch
+
+    def one_second_a_step(model, loader, *args, **kwargs):
+        def timed():
+            for batch in loader:
+                now[0] += 1.0
+                yield batch
+
+        return real(model, timed(), *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "clock", lambda: now[0])
+    monkeypatch.setattr(fit_module, "train_one_epoch", one_second_a_step)
+    lines: list[str] = []
+    cfg = tiny_config(digits_dir, tmp_path / "run", epochs=5, batch_size=2, time="12s", warmup_epochs=0)
+    summary = fit(cfg, log=lines.append)
+
+    # At step 3 (3 s): 16 steps and 5 validation batches (1.7 s) to go end at 20.7 s, past 12 s: cut at step 10.
+    assert [line for line in lines if line.startswith("time budget 12s:")] == [
+        "time budget 12s: 10 s used; epoch 1 ended after 10 of its 19 steps, where the budget runs out, "
+        "and the run ends with it"
+    ]
+    assert summary["epochs_run"] == 1 and summary["epochs_planned"] == 1
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["planned_epochs"] == 1 and ckpt["scheduler"]["steps"] == 10
+    group = ckpt["optimizer"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(group["initial_lr"] * cfg.min_lr_ratio)  # annealed to the cosine's floor
