@@ -10,8 +10,9 @@ from torch import nn
 
 import resnetlab.engine.fit as fit_module
 from resnetlab.config import TrainConfig, parse_duration
+from resnetlab.engine.budget import UNFROZEN_COST, costs_ahead, epochs_that_fit, plan_epochs, seconds_per_epoch
 from resnetlab.engine.checkpoint import load_checkpoint
-from resnetlab.engine.fit import UNFROZEN_COST, costs_ahead, epochs_that_fit, fit, plan_epochs, seconds_per_epoch
+from resnetlab.engine.fit import fit
 from resnetlab.engine.optim import (
     LENGTH_FREE_SCHEDULES,
     SCHEDULERS,
@@ -194,14 +195,15 @@ def test_cli_says_how_many_epochs_fit(digits_dir, tmp_path, fake_clock, capsys):
     assert last.startswith("done in 30s (3 of 10 epochs fit the 35s budget): best val accuracy")
 
 
-def _epoch_cut(monkeypatch, steps: int, deadline: float, tail: float | None = 0.0, val_steps: int = 0):
+def _epoch_cut(steps: int, deadline: float, tail: float | None = 0.0, val_steps: int = 0):
     """An EpochCut over `steps` steps, a fake clock starting at 0, and the cuts it asked for."""
+    from resnetlab.engine.budget import EpochCut
     from resnetlab.engine.distributed import DistInfo
-    from resnetlab.engine.fit import EpochCut
 
     now, cuts = [0.0], []
-    monkeypatch.setattr(fit_module, "clock", lambda: now[0])
-    guard = EpochCut(steps, deadline, 100.0, tail, val_steps, cuts.append, DistInfo(), torch.device("cpu"))
+    guard = EpochCut(
+        steps, deadline, 100.0, tail, val_steps, cuts.append, DistInfo(), torch.device("cpu"), lambda: now[0]
+    )
     return guard, now, cuts
 
 
@@ -214,36 +216,36 @@ def _run(guard, now, pace) -> int:
     return guard.steps
 
 
-def test_epoch_cut_ends_an_epoch_where_the_budget_runs_out(monkeypatch):
+def test_epoch_cut_ends_an_epoch_where_the_budget_runs_out():
     # 100 steps of 1 s against a deadline at 60 s: at step 3 the end is predicted at 100 s, so the epoch is to end
     # at step 60, and the schedule is told so once.
-    guard, now, cuts = _epoch_cut(monkeypatch, 100, deadline=60.0)
+    guard, now, cuts = _epoch_cut(100, deadline=60.0)
     assert guard.checks == {3, 10, 25, 50, 75}
     assert _run(guard, now, lambda _: 1.0) == 60 and cuts == [60]
 
 
-def test_epoch_cut_leaves_time_to_validate(monkeypatch):
+def test_epoch_cut_leaves_time_to_validate():
     # Validation not timed yet: 30 batches at a third of a 1 s step, 10 s, come off the deadline.
-    guard, now, cuts = _epoch_cut(monkeypatch, 100, deadline=60.0, tail=None, val_steps=30)
+    guard, now, cuts = _epoch_cut(100, deadline=60.0, tail=None, val_steps=30)
     assert _run(guard, now, lambda _: 1.0) == 50 and cuts == [50]
     # Timed in an earlier epoch: that is used instead.
-    guard, now, cuts = _epoch_cut(monkeypatch, 100, deadline=60.0, tail=4.0, val_steps=30)
+    guard, now, cuts = _epoch_cut(100, deadline=60.0, tail=4.0, val_steps=30)
     assert _run(guard, now, lambda _: 1.0) == 56
 
 
-def test_epoch_cut_follows_the_pace_after_slow_first_steps(monkeypatch):
+def test_epoch_cut_follows_the_pace_after_slow_first_steps():
     # The first 10 steps pay one-off costs (3 s each): the first estimates cut at step 20. There the pace since the
     # last check is 1 s a step, so the epoch runs on to where the 60 s really end, step 40.
-    guard, now, cuts = _epoch_cut(monkeypatch, 100, deadline=60.0)
+    guard, now, cuts = _epoch_cut(100, deadline=60.0)
     assert _run(guard, now, lambda step: 3.0 if step <= 10 else 1.0) == 40 and cuts == [20, 40] and now[0] == 60.0
 
 
-def test_epoch_cut_keeps_epochs_that_end_within_the_slack(monkeypatch):
+def test_epoch_cut_keeps_epochs_that_end_within_the_slack():
     # 100 s of steps, a deadline at 97 s: 3 s over, under 5% of the 100 s budget, so the epoch ends whole.
-    guard, now, cuts = _epoch_cut(monkeypatch, 100, deadline=97.0)
+    guard, now, cuts = _epoch_cut(100, deadline=97.0)
     assert _run(guard, now, lambda _: 1.0) == 100 and cuts == []
     # Epochs of fewer than CUT_MIN_STEPS steps are never timed, so never cut.
-    guard, now, cuts = _epoch_cut(monkeypatch, 15, deadline=1.0)
+    guard, now, cuts = _epoch_cut(15, deadline=1.0)
     assert guard.checks == set() and _run(guard, now, lambda _: 1.0) == 15
 
 
