@@ -81,9 +81,9 @@ class EpochCut:
     budget (Ultralytics' `time` stops mid-epoch too). After CUT_FIRST_CHECK and 10 steps and at a quarter, half and
     three quarters of the epoch (the same steps on every rank, so rank 0's decision is broadcast), the epoch's pace
     predicts when it ends, validation and saving included. When that passes the deadline by more than CUT_SLACK of it,
-    the epoch is to end at the step where the time runs out, and `shorten(steps)` re-targets the LR schedule so that
-    it anneals there. Later checks, and the step the epoch was to end at, move that step as the pace settles: the
-    first steps pay one-off costs, so the first estimate is the slowest.
+    the epoch is to end at the step where the time runs out, and `end_at(step)` re-targets the LR schedule so that
+    it anneals there. Later checks, and the step the epoch was to end at, move that step as the pace settles (the
+    first steps pay one-off costs, so the first estimate is the slowest), or lift the cut (`end_at(steps)`).
     """
 
     def __init__(
@@ -93,14 +93,14 @@ class EpochCut:
         budget: float,
         tail_seconds: float | None,
         val_steps: int,
-        shorten: Callable[[int], None],
+        end_at: Callable[[int], None],
         info: ddp.DistInfo,
         device: torch.device,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.steps, self.deadline, self.slack = steps, deadline, CUT_SLACK * budget
         self.clock = clock
-        self.tail_seconds, self.val_steps, self.shorten = tail_seconds, val_steps, shorten
+        self.tail_seconds, self.val_steps, self.end_at = tail_seconds, val_steps, end_at
         self.info, self.device = info, device
         checks = {CUT_FIRST_CHECK, 10, steps // 4, steps // 2, 3 * steps // 4}
         self.checks = {k for k in checks if CUT_FIRST_CHECK <= k < steps} if steps >= CUT_MIN_STEPS else set()
@@ -123,5 +123,5 @@ class EpochCut:
             cut = ddp.broadcast_object(cut, self.info)
             if cut != self.cut:
                 self.cut = cut
-                self.shorten(cut)
+                self.end_at(cut)
         return done >= self.cut

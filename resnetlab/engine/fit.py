@@ -619,20 +619,23 @@ class Trainer:
         """The guard that ends `epoch` early when it alone would overrun a --time budget (None without one)."""
         if self.budget is None:
             return None
-        _, first, _ = self.phases[self.phase]
+        _, first, end = self.phases[self.phase]
         steps = len(self.data.train_loader)
 
-        def shorten(cut: int) -> None:  # the current phase's schedule now ends after `cut` steps of this epoch
+        def end_at(cut: int) -> None:  # the current phase's schedule ends after `cut` steps of this epoch
+            if cut < steps:
+                length, total = epoch + 1 - first, (epoch - first) * steps + cut
+            else:  # the cut was lifted: back to the planned length
+                length, total = end - first, None
             new = retarget_schedule(
-                self.schedule, self.optimizer, self.cfg.sched, epoch + 1 - first,
-                total_steps=(epoch - first) * steps + cut, **self._schedule_args(first),
-            )  # fmt: skip
+                self.schedule, self.optimizer, self.cfg.sched, length, total_steps=total, **self._schedule_args(first)
+            )
             self.schedule.adopt(new)  # in place: train_one_epoch holds this object
 
         val_steps = len(self.data.val_loader) if self.data.val_loader is not None else 0
         deadline = clock() + self.budget - self.elapsed()
         return EpochCut(
-            steps, deadline, self.budget, self.tail_seconds, val_steps, shorten, self.info, self.precision.device, clock
+            steps, deadline, self.budget, self.tail_seconds, val_steps, end_at, self.info, self.precision.device, clock
         )
 
     def run_epoch(self, epoch: int) -> bool:

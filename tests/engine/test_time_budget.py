@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -240,6 +241,12 @@ def test_epoch_cut_follows_the_pace_after_slow_first_steps():
     assert _run(guard, now, lambda step: 3.0 if step <= 10 else 1.0) == 40 and cuts == [20, 40] and now[0] == 60.0
 
 
+def test_epoch_cut_is_lifted_when_the_whole_epoch_fits_after_all():
+    # 10 s steps at first cut the epoch at step 14; from step 10 on a step takes 1 s, and the whole epoch fits.
+    guard, now, cuts = _epoch_cut(100, deadline=140.0)
+    assert _run(guard, now, lambda step: 10.0 if step <= 3 else 1.0) == 100 and cuts == [14, 100]
+
+
 def test_epoch_cut_keeps_epochs_that_end_within_the_slack():
     # 100 s of steps, a deadline at 97 s: 3 s over, under 5% of the 100 s budget, so the epoch ends whole.
     guard, now, cuts = _epoch_cut(100, deadline=97.0)
@@ -249,22 +256,44 @@ def test_epoch_cut_keeps_epochs_that_end_within_the_slack():
     assert guard.checks == set() and _run(guard, now, lambda _: 1.0) == 15
 
 
-def test_budget_shorter_than_one_epoch_ends_it_annealed(digits_dir, tmp_path, monkeypatch):
-    # Batches of 2: 19 steps an epoch, each taking 1 s of a fake clock, against a 12 s budget. The first epoch is cut
-    # at the step where the budget runs out, its cosine re-targeted to end there: the last step runs at the floor.
-    now = [0.0]
+def _steps_on_a_fake_clock(monkeypatch, seconds):
+    """Each training step of `fit` takes seconds(n) of a fake clock, n counting steps across epochs from 1."""
+    now, count = [0.0], [0]
     real = fit_module.train_one_epoch
 
-    def one_second_a_step(model, loader, *args, **kwargs):
+    def timed_steps(model, loader, *args, **kwargs):
         def timed():
             for batch in loader:
-                now[0] += 1.0
+                count[0] += 1
+                now[0] += seconds(count[0])
                 yield batch
 
         return real(model, timed(), *args, **kwargs)
 
     monkeypatch.setattr(fit_module, "clock", lambda: now[0])
-    monkeypatch.setattr(fit_module, "train_one_epoch", one_second_a_step)
+    monkeypatch.setattr(fit_module, "train_one_epoch", timed_steps)
+    return now
+
+
+def test_a_lifted_cut_restores_the_planned_schedule(digits_dir, tmp_path, monkeypatch):
+    # 19 steps an epoch; the first 3 take 10 s, every other 1 s, against 100 s for 2 epochs. The estimate at step 3
+    # cuts epoch 1 at step 8; there the pace is 1 s and the cut is lifted. The schedule must be the 2-epoch cosine
+    # again, not one that ends with epoch 1: epoch 1's last step then runs at about half the peak rate.
+    _steps_on_a_fake_clock(monkeypatch, lambda n: 10.0 if n <= 3 else 1.0)
+    lines: list[str] = []
+    fit(tiny_config(digits_dir, tmp_path / "run", epochs=2, batch_size=2, time="100s", warmup_epochs=0), lines.append)
+    assert not any(line.startswith("time budget") for line in lines)  # neither cut nor re-planned
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    peak = ckpt["optimizer"]["param_groups"][0]["initial_lr"]
+    assert ckpt["epoch"] == 2 and ckpt["scheduler"]["steps"] == 38
+    assert 0.4 * peak < float(rows[0]["lr"]) < 0.6 * peak
+
+
+def test_budget_shorter_than_one_epoch_ends_it_annealed(digits_dir, tmp_path, monkeypatch):
+    # Batches of 2: 19 steps an epoch, each taking 1 s of a fake clock, against a 12 s budget. The first epoch is cut
+    # at the step where the budget runs out, its cosine re-targeted to end there: the last step runs at the floor.
+    _steps_on_a_fake_clock(monkeypatch, lambda _: 1.0)
     lines: list[str] = []
     cfg = tiny_config(digits_dir, tmp_path / "run", epochs=5, batch_size=2, time="12s", warmup_epochs=0)
     summary = fit(cfg, log=lines.append)
