@@ -78,12 +78,12 @@ class EpochCut:
     """`--time` inside an epoch: ends it where the budget runs out, when the epoch alone would overrun the budget.
 
     The epoch plan (`plan_epochs`) acts between epochs, but one epoch of a large folder on a CPU can outlast the whole
-    budget (Ultralytics' `time` stops mid-epoch too). After CUT_FIRST_CHECK and 10 steps and at a quarter, half and
-    three quarters of the epoch (the same steps on every rank, so rank 0's decision is broadcast), the epoch's pace
-    predicts when it ends, validation and saving included. When that passes the deadline by more than CUT_SLACK of it,
-    the epoch is to end at the step where the time runs out, and `end_at(step)` re-targets the LR schedule so that
-    it anneals there. Later checks, and the step the epoch was to end at, move that step as the pace settles (the
-    first steps pay one-off costs, so the first estimate is the slowest), or lift the cut (`end_at(steps)`).
+    budget (Ultralytics' `time` stops mid-epoch too). Timed from the end of its first step (which pays one-off costs),
+    after CUT_FIRST_CHECK and 10 steps and at a quarter, half and three quarters of the epoch (the same steps on every
+    rank, so rank 0's decision is broadcast), the epoch's pace predicts when it ends, validation and saving included.
+    When that passes the deadline by more than CUT_SLACK of it, the epoch is to end at the step where the time runs
+    out, and `end_at(step)` re-targets the LR schedule so that it anneals there. Later checks, and the step the epoch
+    was to end at, move that step as the pace settles, or lift the cut (`end_at(steps)`).
     """
 
     def __init__(
@@ -108,9 +108,11 @@ class EpochCut:
         self.timed = (0, self.clock())  # (steps, time) at the last check: the pace is measured from there
 
     def __call__(self, done: int) -> bool:
-        if done in self.checks or done == self.cut < self.steps:  # at the cut, the latest pace decides once more
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)  # time the steps, not their launches
+        if done == 1 and self.checks:  # the pace is timed from the end of the first step, which pays one-off costs
+            self._sync()
+            self.timed = (1, self.clock())
+        elif done in self.checks or done == self.cut < self.steps:  # at the cut, the latest pace decides once more
+            self._sync()
             now, (done_before, then) = self.clock(), self.timed
             self.timed = (done, now)
             pace = (now - then) / (done - done_before)  # seconds a step
@@ -125,3 +127,7 @@ class EpochCut:
                 self.cut = cut
                 self.end_at(cut)
         return done >= self.cut
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # time the steps, not their launches

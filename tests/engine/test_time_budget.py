@@ -241,6 +241,13 @@ def test_epoch_cut_follows_the_pace_after_slow_first_steps():
     assert _run(guard, now, lambda step: 3.0 if step <= 10 else 1.0) == 40 and cuts == [20, 40] and now[0] == 60.0
 
 
+def test_epoch_cut_times_the_pace_from_the_end_of_the_first_step():
+    # A 30 s first step (set-up, kernel selection) is spent, not a pace: from step 1 on a step takes 1 s, so the first
+    # estimate already cuts where the 60 s end.
+    guard, now, cuts = _epoch_cut(100, deadline=60.0)
+    assert _run(guard, now, lambda step: 30.0 if step == 1 else 1.0) == 31 and cuts == [31] and now[0] == 60.0
+
+
 def test_epoch_cut_is_lifted_when_the_whole_epoch_fits_after_all():
     # 10 s steps at first cut the epoch at step 14; from step 10 on a step takes 1 s, and the whole epoch fits.
     guard, now, cuts = _epoch_cut(100, deadline=140.0)
