@@ -249,7 +249,8 @@ def test_epoch_cut_times_the_pace_from_the_end_of_the_first_step():
 
 
 def test_epoch_cut_is_lifted_when_the_whole_epoch_fits_after_all():
-    # 10 s steps at first cut the epoch at step 14; from step 10 on a step takes 1 s, and the whole epoch fits.
+    # Three 10 s steps cut the epoch at step 14; from step 4 on a step takes 1 s, and at the step-10 check the whole
+    # epoch fits: the cut is lifted.
     guard, now, cuts = _epoch_cut(100, deadline=140.0)
     assert _run(guard, now, lambda step: 10.0 if step <= 3 else 1.0) == 100 and cuts == [14, 100]
 
@@ -284,8 +285,8 @@ def _steps_on_a_fake_clock(monkeypatch, seconds):
 
 def test_a_lifted_cut_restores_the_planned_schedule(digits_dir, tmp_path, monkeypatch):
     # 19 steps an epoch; the first 3 take 10 s, every other 1 s, against 100 s for 2 epochs. The estimate at step 3
-    # cuts epoch 1 at step 8; there the pace is 1 s and the cut is lifted. The schedule must be the 2-epoch cosine
-    # again, not one that ends with epoch 1: epoch 1's last step then runs at about half the peak rate.
+    # cuts epoch 1 at step 8; at the next check (step 4) the pace is 1 s and the cut is lifted. The schedule must be
+    # the 2-epoch cosine again, not one that ends with epoch 1: epoch 1's last step then runs at about half the peak.
     _steps_on_a_fake_clock(monkeypatch, lambda n: 10.0 if n <= 3 else 1.0)
     lines: list[str] = []
     fit(tiny_config(digits_dir, tmp_path / "run", epochs=2, batch_size=2, time="100s", warmup_epochs=0), lines.append)
