@@ -363,7 +363,11 @@ class RunFinished(Exception):
     """`--resume` of a run with no epoch left to train: nothing is trained or rewritten."""
 
     def __init__(self, run_dir: Path, epoch: int, budget_bound: bool) -> None:
-        why = "the --time budget ended it" if budget_bound else f"to train on, resume with --epochs above {epoch}"
+        why = (
+            "the --time budget ended it; to train on, resume with a larger --time"
+            if budget_bound
+            else f"to train on, resume with --epochs above {epoch}"
+        )
         super().__init__(
             f"{run_dir} already finished: last.pt holds its last epoch, {epoch}; nothing to resume ({why})"
         )
@@ -459,7 +463,11 @@ class Trainer:
         self.budget = cfg.time_budget_s()
         self.epochs = cfg.epochs
         if ckpt and self.budget is not None and ckpt.get("planned_epochs"):
-            self.epochs = min(cfg.epochs, int(ckpt["planned_epochs"]))
+            if ckpt["config"].get("time") == cfg.time:  # the plan this budget made
+                self.epochs = min(cfg.epochs, int(ckpt["planned_epochs"]))
+            elif float(ckpt.get("elapsed_seconds", 0.0)) >= self.budget:  # a new budget, already spent
+                self.epochs = min(cfg.epochs, int(ckpt["epoch"]))
+            # else a new, larger budget: planned afresh from --epochs after the next epoch, against the time used
         if ckpt and int(ckpt["epoch"]) >= self.epochs and (self.run_dir / "summary.json").exists():
             raise RunFinished(self.run_dir, int(ckpt["epoch"]), budget_bound=self.epochs < cfg.epochs)
 
@@ -620,11 +628,11 @@ class Trainer:
         if self.budget is None:
             return None
         _, first, end = self.phases[self.phase]
-        steps = len(self.data.train_loader)
+        steps, before = len(self.data.train_loader), self.schedule.steps  # the phase's steps before this epoch
 
         def end_at(cut: int) -> None:  # the current phase's schedule ends after `cut` steps of this epoch
-            if cut < steps:
-                length, total = epoch + 1 - first, (epoch - first) * steps + cut
+            if cut < steps:  # counted in steps taken: an earlier epoch may have been cut (a resumed run)
+                length, total = epoch + 1 - first, before + cut
             else:  # the cut was lifted: back to the planned length
                 length, total = end - first, None
             new = retarget_schedule(

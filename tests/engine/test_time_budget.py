@@ -160,6 +160,28 @@ def test_budget_caps_at_epochs_and_spans_resume(digits_dir, tmp_path, fake_clock
         assert torch.equal(value, b["model"][key]), key
 
 
+def test_a_larger_budget_on_resume_trains_on(digits_dir, tmp_path, fake_clock):
+    # 35 s at 10 s an epoch ended the run after 3 epochs. Resumed with the same budget it is finished; with 65 s the
+    # 30 s already used count, so 3 more epochs fit, planned after the first of them.
+    from resnetlab.engine.fit import RunFinished
+
+    cfg = tiny_config(digits_dir, tmp_path / "run", epochs=10, time="35s")
+    fit(cfg, log=lambda _: None)
+    resumed = cfg.merge({"resume": str(tmp_path / "run")})
+    lines: list[str] = []
+    fit(resumed, log=lines.append)
+    assert lines == [
+        f"{tmp_path / 'run'} already finished: last.pt holds its last epoch, 3; nothing to resume (the --time budget"
+        " ended it; to train on, resume with a larger --time)"
+    ]
+    with pytest.raises(RunFinished):  # a new budget that is already spent: finished too
+        fit_module.Trainer(resumed.merge({"time": "20s"}), fit_module.ddp.DistInfo(), lambda _: None)
+    summary = fit(resumed.merge({"time": "65s"}), log=lines.append)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert summary["epochs_run"] == 6 and ckpt["epoch"] == 6 and ckpt["elapsed_seconds"] == 60.0
+    assert "time budget 65s: 40 s used, 10.0 s for the next epoch; the run now ends after epoch 6" in lines
+
+
 def test_staged_budget_prices_unfrozen_epochs_before_they_run(digits_dir, tmp_path, monkeypatch):
     # Head-only epochs take 10 s, unfrozen ones 30 s (UNFROZEN_COST times as long). A 100 s budget fits 2 head and 2
     # unfrozen epochs, and the plan must know it from epoch 1, before any unfrozen epoch ran: then the unfrozen phase's
@@ -316,3 +338,18 @@ def test_budget_shorter_than_one_epoch_ends_it_annealed(digits_dir, tmp_path, mo
     assert ckpt["epoch"] == 1 and ckpt["planned_epochs"] == 1 and ckpt["scheduler"]["steps"] == 10
     group = ckpt["optimizer"]["param_groups"][0]
     assert group["lr"] == pytest.approx(group["initial_lr"] * cfg.min_lr_ratio)  # annealed to the cosine's floor
+
+
+def test_a_cut_epoch_resumed_with_more_time_ends_annealed_again(digits_dir, tmp_path, monkeypatch):
+    # 12 s cut epoch 1 after 10 of its 19 steps. Resumed with 25 s, epoch 2 is cut after 13 steps: its cosine must
+    # end at the phase's 23rd step, as taken, not at 19 + 13 (epoch 1 counted whole).
+    _steps_on_a_fake_clock(monkeypatch, lambda _: 1.0)
+    cfg = tiny_config(digits_dir, tmp_path / "run", epochs=5, batch_size=2, time="12s", warmup_epochs=0)
+    fit(cfg, log=lambda _: None)
+    lines: list[str] = []
+    fit(cfg.merge({"resume": str(tmp_path / "run"), "time": "25s"}), log=lines.append)
+    assert "time budget 25s: 23 s used; epoch 2 ended after 13 of its 19 steps" in "\n".join(lines)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    group = ckpt["optimizer"]["param_groups"][0]
+    assert ckpt["epoch"] == 2 and ckpt["scheduler"]["steps"] == 23
+    assert group["lr"] == pytest.approx(group["initial_lr"] * cfg.min_lr_ratio)
