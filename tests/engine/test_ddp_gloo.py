@@ -148,3 +148,49 @@ def test_time_budget_ends_an_epoch_on_the_same_step_on_every_rank(tmp_path):
     assert "epoch 1 ended after 3 of its 16 steps, where the budget runs out" in proc.stdout
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["epoch"] == ckpt["planned_epochs"] == 1 and ckpt["scheduler"]["steps"] == 3
+
+
+def _cut_on_rank(rank: int, store: str, pace: float, out: str) -> None:
+    """One gloo rank running EpochCut over a 32-step epoch on a clock that ticks `pace` seconds a step."""
+    import json
+
+    import torch.distributed as dist
+
+    from resnetlab.engine import distributed as ddp
+    from resnetlab.engine.budget import EpochCut
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    now, ends = [0.0], []
+    cut = EpochCut(
+        steps=32, deadline=10.0, budget=10.0, tail_seconds=0.0, val_steps=0, end_at=ends.append,
+        info=ddp.DistInfo(rank=rank, world_size=2), device=torch.device("cpu"), clock=lambda: now[0],
+    )  # fmt: skip
+    for done in range(1, 33):
+        now[0] = done * pace
+        if cut(done):
+            break
+    dist.destroy_process_group()
+    with open(out, "w") as f:
+        json.dump({"left_at": done, "ends": ends}, f)
+
+
+def test_epoch_cut_follows_rank_0s_clock_on_every_rank(tmp_path):
+    # Rank 0's clock says the budget runs out at step 10; rank 1's says the whole epoch fits. Both must leave at step
+    # 10 with the same schedule (a rank that decided on its own clock would wait forever in DDP's next all-reduce).
+    import json
+
+    import torch.multiprocessing as mp
+
+    outs = [str(tmp_path / f"rank{r}.json") for r in (0, 1)]
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_cut_on_rank, args=(r, str(tmp_path / "store"), p, outs[r]))
+        for r, p in enumerate((1.0, 0.01))
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    results = [json.load(open(o)) for o in outs]
+    assert results[0] == results[1] == {"left_at": 10, "ends": [10]}
