@@ -226,6 +226,12 @@ def build_data(
         seed=cfg.seed,
         device_type=device_type,
     )
+    if len(train_loader) == 0:  # one image (a rank's share of too few): a batch of one cannot train BatchNorm
+        raise ResnetlabError(
+            f"{cfg.data}: {len(train_set)} training image(s) make no training batch"
+            f"{f' across {info.world_size} processes' if info.enabled else ''}: training needs at least 2 per batch;"
+            " add images (or run fewer processes)"
+        )
     generators = {**generators, "loader": train_loader.generator}
     train_loader = on_device(train_loader)
     val_loader = None
@@ -307,14 +313,18 @@ def _px(default_cfg: dict) -> str:
     return f"{min(h, w)} px" if h == w else f"{min(h, w)} px (eval {h}x{w}, whole image)"
 
 
-def make_run_dir(cfg: TrainConfig) -> Path:
-    """`--out`, or runs/<data>-<model>, numbered -2, -3, ... when taken (as Ultralytics does)."""
+def make_run_dir(cfg: TrainConfig, create: bool = True) -> Path:
+    """`--out`, or runs/<data>-<model>, numbered -2, -3, ... when taken (as Ultralytics does). `create=False` only
+    checks that `--out` holds no run yet, before the set-up."""
     if cfg.out:
         out = Path(cfg.out)
         if (out / "last.pt").exists():
             raise ResnetlabError(f"{out}: already holds a run; continue it with --resume {out} or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
+        if create:
+            out.mkdir(parents=True, exist_ok=True)
         return out
+    if not create:
+        return Path("runs")
     base = Path("runs") / f"{Path(cfg.data).resolve().name}-{cfg.model}"
     out, n = base, 1
     while out.exists():
@@ -457,8 +467,6 @@ class Trainer:
         self.started = clock()
         self.precision = resolve_precision(ddp.device_for(info, cfg.device), cfg.amp, cfg.channels_last)
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
-        run_dir = Path(cfg.resume) if cfg.resume else (make_run_dir(cfg) if info.is_main else None)
-        self.run_dir = Path(ddp.broadcast_object(str(run_dir), info))
         # The planned length: --epochs, or fewer when a --time budget says so (kept in checkpoints for --resume).
         self.budget = cfg.time_budget_s()
         self.epochs = cfg.epochs
@@ -468,13 +476,20 @@ class Trainer:
             elif float(ckpt.get("elapsed_seconds", 0.0)) >= self.budget:  # a new budget, already spent
                 self.epochs = min(cfg.epochs, int(ckpt["epoch"]))
             # else a new, larger budget: planned afresh from --epochs after the next epoch, against the time used
-        if ckpt and int(ckpt["epoch"]) >= self.epochs and (self.run_dir / "summary.json").exists():
-            raise RunFinished(self.run_dir, int(ckpt["epoch"]), budget_bound=self.epochs < cfg.epochs)
+        if ckpt and int(ckpt["epoch"]) >= self.epochs and (Path(cfg.resume) / "summary.json").exists():
+            raise RunFinished(Path(cfg.resume), int(ckpt["epoch"]), budget_bound=self.epochs < cfg.epochs)
+        if not cfg.resume and info.is_main:
+            make_run_dir(cfg, create=False)  # an --out that holds a run is refused now, not after the set-up
 
         if cfg.mode != "finetune" and not cfg.pretrained:
             log(f"warning: --mode {cfg.mode} without --pretrained freezes a random backbone; use --mode finetune")
         seed_everything(cfg.seed)
         self.splits = make_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir)
+        if self.splits.num_classes < 2:  # as `resnetlab data check` judges it: nothing to tell apart
+            raise ResnetlabError(
+                f"{cfg.data}: only 1 class folder ({self.splits.classes[0]}); a classifier needs at least 2: put each"
+                " class's images in its own sub-folder"
+            )
         train_sizes = [self.splits.sizes[p] for p, _ in self.splits.train if p in self.splits.sizes]
         model, self.head_spec = build_model(cfg, self.splits.num_classes, pretrained=ckpt is None, sizes=train_sizes)
         if ckpt is not None:  # with EMA, "model" holds the average and "train_model" the trained weights
@@ -523,6 +538,10 @@ class Trainer:
         self.eval_modules: list[nn.Module] = []
         self.train_model = self.optimizer = self.schedule = None
         self.progress = progress_enabled(cfg.progress, info)
+
+        # A new run's folder is made once its data, model and loaders are ready: bad input leaves no empty folder.
+        run_dir = Path(cfg.resume) if cfg.resume else (make_run_dir(cfg) if info.is_main else None)
+        self.run_dir = Path(ddp.broadcast_object(str(run_dir), info))
 
         # Resumed bookkeeping (or a fresh start).
         self.ckpt = ckpt

@@ -47,7 +47,7 @@ def tiny_config(data: Path, out: Path, **overrides):
     """A fast TrainConfig: CIFAR ResNet-20 at 16 px, batch 8, main-process loading, no progress bar."""
     from resnetlab.config import TrainConfig
 
-    base = dict(data=str(data), model="resnet20", img_size=16, epochs=2, batch_size=8, workers=0, out=str(out))
+    base = dict(data=str(data), model="resnet20", img_size=16, epochs=2, batch_size=8, workers=0, out=out and str(out))
     return TrainConfig.from_dict({**base, "progress": False, **overrides})
 
 

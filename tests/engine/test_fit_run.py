@@ -146,3 +146,45 @@ def test_compiled_training_runs_one_graph(digits_dir, tmp_path, monkeypatch):
     torch._dynamo.reset()
     summary = fit(cfg, log=lambda _: None)
     assert summary["epochs_run"] == 2 and len(list(csv.DictReader((tmp_path / "run" / "history.csv").open()))) == 2
+
+
+def test_one_class_is_refused_and_bad_data_leaves_no_run_folder(tmp_path, monkeypatch):
+    # `data check` calls one class unusable; train says so too, and a refused run leaves no empty runs/<name> behind
+    # (the next run would otherwise be numbered -2).
+    from resnetlab.errors import ResnetlabError
+
+    monkeypatch.chdir(tmp_path)
+    one = write_digits(tmp_path / "one", {0: 6})
+    loose = write_digits(tmp_path / "loose", {0: 6}) / "zero"  # images with no class folders above them
+    with pytest.raises(ResnetlabError, match=r"only 1 class folder \(zero\); a classifier needs at least 2"):
+        fit(tiny_config(one, None))
+    with pytest.raises(ResnetlabError, match="no class folders"):
+        fit(tiny_config(loose, None))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_out_folder_holding_a_run_is_refused_before_the_set_up(digits_dir, tmp_path, monkeypatch):
+    from resnetlab.data import folder
+    from resnetlab.errors import ResnetlabError
+
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")
+    monkeypatch.setattr(folder, "make_splits", lambda *a, **k: pytest.fail("scanned the data first"))
+    with pytest.raises(ResnetlabError, match=f"{out}: already holds a run; continue it with --resume {out}"):
+        fit(tiny_config(digits_dir, out))
+
+
+def test_too_few_images_for_a_batch_on_each_rank_is_one_line(tmp_path):
+    # Two images over two ranks: a batch of one each, which BatchNorm cannot train on, so no step would run.
+    from resnetlab.engine import distributed as ddp
+    from resnetlab.engine.fit import build_data
+    from resnetlab.engine.precision import resolve_precision
+    from resnetlab.errors import ResnetlabError
+    from resnetlab.models import create_model
+
+    data = write_digits(tmp_path / "two", {0: 1, 1: 1})
+    cfg = tiny_config(data, tmp_path / "out", val_fraction=0.0, cache="none")
+    info = ddp.DistInfo(rank=0, world_size=2)
+    with pytest.raises(ResnetlabError, match="2 training image.s. make no training batch across 2 processes"):
+        build_data(cfg, create_model("resnet20", num_classes=2).default_cfg, info, resolve_precision("cpu"))
