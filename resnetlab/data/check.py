@@ -75,6 +75,11 @@ def check_dataset(
         result.problems.append(f"{len(result.cross_split_duplicates)} duplicate group(s) across splits and --strict")
     if not splits.val:
         result.notes.append("no validation images: accuracy cannot be measured during training")
+    elif unseen := [c for c, n in zip(splits.classes, splits.counts()["val"]) if n == 0]:
+        result.notes.append(
+            f"no validation images of {', '.join(unseen)}: validation cannot tell whether the model learnt "
+            f"{'it' if len(unseen) == 1 else 'them'}; add images (or give a val folder)"
+        )
     if result.cross_split_duplicates:
         result.notes.append("identical files in train and val/test inflate the measured accuracy; remove the copies")
     return result

@@ -25,6 +25,14 @@ def test_balanced_classes_say_so(tmp_path, capsys, make_class_tree):
     assert "imbalance: none (every class has 4 training images)" in capsys.readouterr().out
 
 
+def test_a_class_with_nothing_held_out_is_named(tmp_path, capsys, make_class_tree):
+    root = make_class_tree(tmp_path / "ds", {"a": 5, "b": 1, "c": 1})  # a single image is never held out
+    assert main(["data", "check", str(root)]) == 0
+    assert "note: no validation images of b, c: validation cannot tell whether the model learnt them" in (
+        capsys.readouterr().out
+    )
+
+
 def test_check_corrupt_default_vs_strict(tmp_path, capsys, make_class_tree):
     root = make_class_tree(tmp_path / "ds", {"a": 3, "b": 3})
     (root / "a" / "cut.jpg").write_bytes((root / "a" / "a_000.jpg").read_bytes()[:200])
