@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from resnetlab.errors import ResnetlabError
+from resnetlab.models.weights import load_tensors
 
 FORMAT = "resnetlab-checkpoint"
 VERSION = 1
@@ -72,11 +73,7 @@ def resolve_checkpoint_path(run_or_checkpoint: str | os.PathLike, prefer: str = 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a resnetlab checkpoint safely (`weights_only=True`); clear errors for missing, corrupt or foreign files."""
     path = resolve_checkpoint_path(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for torn or foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ResnetlabError(f"{path}: not a readable checkpoint ({reason[:200]})") from exc
+    ckpt = load_tensors(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ResnetlabError(
             f"{path}: not a resnetlab checkpoint (no 'format' key); for plain weights use --pretrained {path}"

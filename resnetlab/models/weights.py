@@ -202,12 +202,33 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _torch_load(path: Path) -> Any:
+def load_tensors(path: str | os.PathLike, what: str = "weights file", map_location: Any = "cpu") -> Any:
+    """`torch.load(weights_only=True)`, with a one-line error naming `path` and why it could not be read.
+
+    torch's own message for a file that is not a checkpoint, or that pickles a class (an `argparse.Namespace` of
+    training options, say), is many lines, with terminal escape codes, and advises `weights_only=False`: loading
+    arbitrary code, which resnetlab never does.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # CIFAR files were saved from CUDA
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for torn, foreign or pickled-code files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ResnetlabError(f"{path}: not a readable weights file ({reason[:200]})") from exc
+        raise ResnetlabError(f"{path}: not a readable {what} ({_load_failure(exc)})") from exc
+
+
+def _load_failure(exc: Exception) -> str:
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:  # the pickle stream holds what weights_only refuses
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip()
+        if m := re.match(r"Unsupported global: GLOBAL (\S+)", detail):
+            return (
+                f"it pickles {m.group(1)}, and resnetlab loads tensors only, never pickled code: save the model's "
+                "state_dict instead"
+            )
+        return "not a PyTorch file: neither a torch.save zip nor a pickle of tensors"
+    if "PytorchStreamReader failed" in text:
+        return "a torn or truncated torch.save file: copy or download it again"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:200]
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -223,7 +244,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         except Exception as exc:  # SafetensorError (its import path varies by version), OSError
             raise ResnetlabError(f"{path}: not a readable safetensors file ({exc})") from exc
 
-    obj = _torch_load(path)
+    obj = load_tensors(path)
     meta: dict[str, Any] = {}
     if isinstance(obj, dict) and obj.get("format") == "resnetlab-checkpoint":
         meta = {k: obj.get(k) for k in ("arch", "default_cfg", "head", "num_classes")}

@@ -277,16 +277,28 @@ def test_wrong_architecture_names_the_keys(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("junk.pth", b"not a torch file", "not a readable weights file"),
+        ("junk.pth", b"not a torch file", "not a readable weights file .not a PyTorch file: neither a torch.save"),
         ("empty.pt", b"", "not a readable weights file"),
+        ("torn.pt", "torn", "not a readable weights file .a torn or truncated torch.save file: copy or download it"),
+        ("args.pt", "namespace", "not a readable weights file .it pickles argparse.Namespace, and resnetlab loads"),
         ("junk.safetensors", b"not safetensors", "not a readable safetensors file"),
     ],
 )
 def test_unreadable_file(tmp_path, name, content, message):
+    import argparse
+
     path = tmp_path / name
-    path.write_bytes(content)
-    with pytest.raises(ResnetlabError, match=f"{name}: {message}"):
+    if content == "namespace":  # a training script's options saved beside the weights: pickled code to torch.load
+        torch.save({"state_dict": torchvision.models.resnet18().state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+    elif content == "torn":
+        torch.save(torchvision.models.resnet18().state_dict(), path)
+        path.write_bytes(path.read_bytes()[:4096])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ResnetlabError, match=f"{name}: {message}") as err:
         create_model("resnet18", pretrained=path)
+    # One line, without torch's terminal escapes or its advice to load with weights_only=False (arbitrary code).
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value) and "weights_only" not in str(err.value)
 
 
 def test_missing_file():
