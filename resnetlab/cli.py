@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from resnetlab.errors import ResnetlabError
@@ -53,12 +55,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, rather than at the exit's flush
     except ResnetlabError as exc:
         print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `resnetlab models | head`: the reader has gone, so stop quietly as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
+        return 128 + signal.SIGPIPE
+    except OSError as exc:  # a file the command reads or writes (an --out in a missing folder, a full disk)
+        if exc.filename is None:
+            raise
+        print(f"resnetlab {args.command}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

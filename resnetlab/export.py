@@ -399,7 +399,13 @@ def export_model(
     ckpt = load_checkpoint(ckpt_path)
     images = resolve_check_images(check_images, ckpt)  # fail early, before the slow export
     out = Path(out) if out else default_output(ckpt_path, fmt)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")  # written, checked, then renamed to `out`
+    try:  # fail now, not after the slow export
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial.touch()
+        partial.unlink()
+    except OSError as exc:
+        raise ResnetlabError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another --out") from exc
 
     model = model_from_checkpoint(ckpt).float().eval()  # fp32, contiguous, eval-mode BN/dropout, no autocast
     classes = ckpt.get("classes") or [str(i) for i in range(ckpt["num_classes"])]
@@ -409,7 +415,6 @@ def export_model(
     meta = export_metadata(ckpt, model, fmt, **extra)
     example = torch.randn(2 if dynamic_batch else 1, *meta["default_cfg"]["input_size"])  # batch 2: not specialised
 
-    partial = out.with_name(f".{out.name}.partial")
     log(f"exporting {meta['arch']} ({len(classes)} classes) from {ckpt_path} to {fmt} ...")
     try:
         if fmt == "onnx":

@@ -182,6 +182,12 @@ def test_export_and_load_errors(tiny_ckpt: Path, tiny_onnx: Path, tmp_path: Path
     assert "no such run folder or checkpoint" in capsys.readouterr().err
     assert main(["export", str(tiny_ckpt), "--opset", "5"]) == 2
     assert "--opset 5" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # where --out would need a folder: refused before the slow export, in one line
+    assert main(["export", str(tiny_ckpt), "--out", str(blocker / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {blocker / 'm.onnx'}: cannot write there" in err and "exporting" not in err
+    assert "Traceback" not in err
 
     bare = onnx.load(str(tiny_onnx))
     del bare.metadata_props[:]

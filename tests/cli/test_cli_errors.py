@@ -1,0 +1,29 @@
+"""What every command does with failures outside resnetlab's own checks: a file it cannot write, a closed pipe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from resnetlab.cli import main
+from tests.engine.conftest import write_digits
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    data = write_digits(tmp_path / "data", {0: 4, 1: 4})
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a file where a folder would have to be
+    grid = blocker / "grid.png"
+    assert main(["data", "check", str(data), "--grid", str(grid)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"resnetlab data: error: {blocker}") and err.count("\n") == 1, err  # its path, the reason
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `resnetlab models | head -1`: the reader leaves before the table is written; no BrokenPipeError traceback.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnetlab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == "", err
