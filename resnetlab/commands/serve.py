@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="RUN_OR_CHECKPOINT_OR_ONNX", help="run folder, checkpoint file or .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000; 0: any free port, printed)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted, in MB (default: 10)")
     p.add_argument(
         "--max-pixels", type=int, default=40_000_000, help="largest image accepted, width x height (default: 40M)"
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise ResnetlabError(f"--port {args.port}: choose 0..65535")
     if args.max_batch < 1:
         raise ResnetlabError(f"--max-batch {args.max_batch}: must be at least 1")
+    sock = listen(args.host, args.port)  # before the model loads: a taken port is one line, not uvicorn's log
     clf = load(args.model, device=args.device, amp=args.amp)
     app = create_app(
         clf,
@@ -64,9 +67,29 @@ def run(args: argparse.Namespace) -> int:
             f"warning: listening on {args.host}: anyone who can reach it may use the model (no authentication)",
             file=sys.stderr,
         )
+    host = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"serving {clf!r} at http://{args.host}:{args.port}/ (API: POST /predict, schema: /openapi.json)",
+        f"serving {clf!r} at http://{host}:{sock.getsockname()[1]}/ (API: POST /predict, schema: /openapi.json)",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.Server(uvicorn.Config(app, log_level=args.log_level)).run(sockets=[sock])
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), for uvicorn to serve on; a one-line error when that address is not free."""
+    from resnetlab.errors import ResnetlabError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+        sock.bind((host, port))
+    except (OSError, socket.gaierror) as exc:
+        advice = (
+            "another program is listening there: stop it, or choose another --port (0 picks a free one)"
+            if exc.errno == errno.EADDRINUSE
+            else "check --host (an address of this machine, e.g. 127.0.0.1 or 0.0.0.0)"
+        )
+        raise ResnetlabError(f"--host {host} --port {port}: cannot listen ({exc.strerror or exc}); {advice}") from exc
+    return sock

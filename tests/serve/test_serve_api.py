@@ -219,3 +219,53 @@ def test_serve_command_validates_options(tiny_ckpt, capsys) -> None:
     assert "--max-upload-mb" in capsys.readouterr().err
     assert main(["serve", str(tiny_ckpt) + ".missing"]) == 2
     assert "no such run folder or checkpoint" in capsys.readouterr().err
+
+
+def test_a_taken_port_is_one_line_before_the_model_loads(tiny_ckpt, capsys, monkeypatch) -> None:
+    import socket
+
+    from resnetlab import predict
+    from resnetlab.cli import main
+
+    monkeypatch.setattr(predict, "load", lambda *a, **k: pytest.fail("loaded the model first"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tiny_ckpt), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"resnetlab serve: error: --host 127.0.0.1 --port {port}: cannot listen (") and (
+        "choose another --port (0 picks a free one)\n" in err
+    ), err
+
+
+def test_serve_command_on_a_free_port_answers(tiny_ckpt) -> None:
+    # `--port 0`: the OS picks a free port and the command prints it; the served API then answers there.
+    import json
+    import re
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnetlab", "serve", str(tiny_ckpt), "--port", "0", "--log-level", "warning"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stderr.readline()
+        match = re.search(r"at (http://127\.0\.0\.1:(\d+)/)", line)
+        assert match and int(match.group(2)) > 0, line
+        for _ in range(100):  # the socket is bound before the line is printed; uvicorn starts serving soon after
+            try:
+                with urllib.request.urlopen(match.group(1) + "health", timeout=5) as response:
+                    assert json.load(response)["status"] == "ok"
+                break
+            except urllib.error.URLError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("no answer from " + match.group(1))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
