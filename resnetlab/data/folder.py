@@ -156,10 +156,16 @@ def _digest(samples: list[Sample], root: Path) -> str:
 # ---------------------------------------------------------------------------------------------------------- layouts
 
 
-def _class_folders(root: Path) -> tuple[dict[str, list[Path]], int]:
-    """{class name: sorted images} for ROOT/<class>/**, and the ignored count. Empty class folders are errors."""
+def _require_folder(root: Path) -> None:
+    if root.is_file():
+        raise ResnetlabError(f"{root}: a file, not a folder; pass the folder that holds one sub-folder per class")
     if not root.is_dir():
         raise ResnetlabError(f"{root}: no such folder")
+
+
+def _class_folders(root: Path) -> tuple[dict[str, list[Path]], int]:
+    """{class name: sorted images} for ROOT/<class>/**, and the ignored count. Empty class folders are errors."""
+    _require_folder(root)
     by_class: dict[str, list[Path]] = {}
     ignored = 0
     loose = 0
@@ -347,8 +353,7 @@ def make_splits(
     root = Path(root).expanduser().resolve()
     if not 0.0 <= val_fraction < 1.0:
         raise ResnetlabError(f"--val-fraction {val_fraction}: must be in [0, 1)")
-    if not root.is_dir():
-        raise ResnetlabError(f"{root}: no such folder")
+    _require_folder(root)
     layout, by_split, ignored, skipped = _gather(root, val_fraction, seed, val_dir, split_file)
 
     train_classes = sorted(by_split["train"])

@@ -56,6 +56,18 @@ def test_val_dir(tmp_path, make_class_tree):
     assert s.layout == "val_dir" and len(s.train) == 4 and [label for _, label in s.val] == [1]
 
 
+def test_a_missing_folder_or_a_file_is_named(tmp_path, make_class_tree):
+    with pytest.raises(ResnetlabError, match="nope: no such folder"):
+        make_splits(tmp_path / "nope")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"")
+    with pytest.raises(ResnetlabError, match="photo.jpg: a file, not a folder; pass the folder that holds one"):
+        make_splits(photo)
+    root = make_class_tree(tmp_path / "ds", {"a": 3, "b": 3})
+    with pytest.raises(ResnetlabError, match="photo.jpg: a file, not a folder"):
+        make_splits(root, val_dir=photo)
+
+
 def test_empty_class_folder_named(tree):
     (tree / "empty_one").mkdir()
     (tree / "empty_one" / "readme.txt").write_text("x")
