@@ -21,7 +21,6 @@ after the first epoch. The layout `train/` + `test/` makes `make_splits` carve t
 from __future__ import annotations
 
 import codecs
-import hashlib
 import io
 import json
 import logging
@@ -29,20 +28,18 @@ import os
 import pickle
 import re
 import shutil
-import sys
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from resnetlab.download import download as verified_download
+from resnetlab.download import file_digest
 from resnetlab.errors import ResnetlabError
 from resnetlab.paths import CACHE_ENV, cache_root
 
@@ -61,8 +58,6 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 URL_ENV = "RESNETLAB_CIFAR10_URL"  # mirror or local test server
 MD5_ENV = "RESNETLAB_CIFAR10_MD5"  # the md5 of what URL_ENV serves, when it is not the official file
-DOWNLOAD_TIMEOUT_S = 30.0
-_CHUNK = 1 << 20
 _MARKER = ".complete"  # written last into the images folder: its absence means an interrupted write
 
 # ------------------------------------------------------------------------------------------- safe unpickling
@@ -195,51 +190,15 @@ def cache_dir() -> Path:
     return cache_root() / NAME
 
 
-def md5_file(path: str | os.PathLike) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download(dest: str | os.PathLike, url: str | None = None, md5: str = MD5, progress: bool = True) -> Path:
     """Stream the tarball to `dest` (a temp file beside it, then rename) with a progress bar; the md5 must match."""
-    from tqdm import tqdm
-
     url = url or os.environ.get(URL_ENV) or URL
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    digest = hashlib.md5(usedforsecurity=False)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-                    total = int(resp.headers.get("Content-Length") or 0) or None
-                    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                               file=sys.stderr, disable=not progress)  # fmt: skip
-                    with bar:
-                        while chunk := resp.read(_CHUNK):
-                            f.write(chunk)
-                            digest.update(chunk)
-                            bar.update(len(chunk))
-                    if total is not None and bar.n != total:
-                        raise HTTPException(f"connection closed after {bar.n} of {total} bytes")
-            except (urllib.error.URLError, HTTPException, OSError, ValueError) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                raise ResnetlabError(
-                    f"could not download CIFAR-10 from {url} ({reason}); download {TARBALL} on a machine with "
-                    f"internet access and put it at {dest} (or its extracted {BATCH_DIR} folder beside it)"
-                ) from exc
-        if digest.hexdigest() != md5:
-            raise ResnetlabError(
-                f"downloaded {url} but its md5 is {digest.hexdigest()}, expected {md5}; the file was deleted, retry"
-            )
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return dest
+    offline = (
+        f"download {TARBALL} on a machine with internet access and put it at {dest} (or its extracted {BATCH_DIR} "
+        "folder beside it)"
+    )
+    return verified_download(url, dest, md5, "CIFAR-10", offline, algorithm="md5", progress=progress)
 
 
 def find_source(root: str | os.PathLike | None = None) -> Path | None:
@@ -263,7 +222,7 @@ def fetch(
     md5 = md5 or os.environ.get(MD5_ENV) or MD5
     source = find_source(root)
     if source is not None:
-        if source.is_file() and md5_file(source) != md5:
+        if source.is_file() and file_digest(source, "md5") != md5:
             raise ResnetlabError(f"{source}: md5 is not the official {md5}; delete it so it is downloaded again")
         return source
     if not allow_download:

@@ -14,23 +14,18 @@ initialisation; the skipped keys are logged and returned. Any other missing, une
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import sys
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from resnetlab.download import download, file_digest
 from resnetlab.errors import ResnetlabError
 from resnetlab.models._base import IMAGENET_MEAN, IMAGENET_STD
 
@@ -38,8 +33,6 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_URL_ENV = "RESNETLAB_WEIGHTS_URL"  # base URL override, e.g. a mirror or a test server
 TORCHVISION_URL = "https://download.pytorch.org/models/"
-DOWNLOAD_TIMEOUT_S = 30.0
-_CHUNK = 1 << 20
 
 # Preprocessing that travels with torchvision's weights: the old recipes evaluate at resize 256 / crop 224, the
 # "new training recipe" files (IMAGENET1K_V2, and ResNeXt-101 64x4d) at resize 232 / crop 224; all bilinear.
@@ -110,14 +103,6 @@ def hash_prefix_from_name(file_name: str) -> str | None:
     return m["hash"] if m else None
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_name_hash(path: Path, known_names: set[str] | None = None) -> None:
     """Verify the sha256 prefix in a `<name>-<hex>.<ext>` file name; no-op for names without one.
 
@@ -126,7 +111,7 @@ def check_name_hash(path: Path, known_names: set[str] | None = None) -> None:
     m = _HASH_NAME.match(path.name.split(".", 1)[0])
     if not m or (known_names is not None and m["name"] not in known_names):
         return
-    actual = sha256_file(path)
+    actual = file_digest(path)
     if not actual.startswith(m["hash"]):
         raise ResnetlabError(
             f"{path}: sha256 starts with {actual[: len(m['hash'])]}, but the file name says {m['hash']}; "
@@ -135,35 +120,6 @@ def check_name_hash(path: Path, known_names: set[str] | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- download
-
-
-def _download(url: str, dst: Path, expected_hash: str) -> None:
-    """Stream `url` into a temp file beside `dst` with a progress bar, check the hash, then rename into place."""
-    from tqdm import tqdm
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-    digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dst.name, file=sys.stderr) as bar:
-                while chunk := resp.read(_CHUNK):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            if total is not None and bar.n != total:
-                raise HTTPException(f"connection closed after {bar.n} of {total} bytes")
-        actual = digest.hexdigest()
-        if not actual.startswith(expected_hash):
-            raise ResnetlabError(
-                f"downloaded {url} but its sha256 starts with {actual[: len(expected_hash)]}, "
-                f"expected {expected_hash}; "
-                "the file was deleted. Retry, or pass a verified local copy with --pretrained PATH"
-            )
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def download_imagenet_weights(arch: str) -> Path:
@@ -176,20 +132,20 @@ def download_imagenet_weights(arch: str) -> Path:
     src = IMAGENET_WEIGHTS[arch]
     dst = Path(torch.hub.get_dir()) / "checkpoints" / src.file
     if dst.is_file():
-        if sha256_file(dst).startswith(src.sha256_prefix):
+        if file_digest(dst).startswith(src.sha256_prefix):
             return dst
         log.warning("%s: cached file fails its sha256 check; downloading it again", dst)
         dst.unlink()
     url = src.url()
-    try:
-        _download(url, dst, src.sha256_prefix)
-    except (urllib.error.URLError, HTTPException, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise ResnetlabError(
-            f"could not download {arch} ImageNet weights from {url} ({reason}); download that file on a machine "
-            f"with internet access and pass it with --pretrained PATH (or put it at {dst})"
-        ) from exc
-    return dst
+    return download(
+        url,
+        dst,
+        src.sha256_prefix,
+        what=f"{arch} ImageNet weights",
+        offline="download that file on a machine with internet access and pass it with --pretrained PATH "
+        f"(or put it at {dst})",
+        mismatch="Retry, or pass a verified local copy with --pretrained PATH",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ reading
