@@ -33,26 +33,12 @@ def make_checkpoint(folder: Path, arch: str) -> Path:
     """An untrained checkpoint in `resnetlab train`'s schema, with TrashNet's classes."""
     import torch
 
-    from resnetlab.engine.checkpoint import save_checkpoint
+    from resnetlab.engine.checkpoint import model_payload, save_checkpoint
     from resnetlab.models import create_model
 
     torch.manual_seed(0)
     model = create_model(arch, num_classes=len(CLASSES))
-    payload = {
-        "arch": arch,
-        "num_classes": len(CLASSES),
-        "classes": list(CLASSES),
-        "model_kwargs": {},
-        "head": None,
-        "default_cfg": dict(model.default_cfg),
-        "config": {},
-        "data": {},
-        "epoch": 0,
-        "best_acc": None,
-        "metrics": {},
-        "model": model.state_dict(),
-    }
-    return save_checkpoint(folder / "best.pt", payload)
+    return save_checkpoint(folder / "best.pt", model_payload(arch, model, list(CLASSES)))
 
 
 def free_port() -> int:

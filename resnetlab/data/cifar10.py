@@ -329,6 +329,7 @@ def cifar_weights_checkpoint(weights: str | os.PathLike, arch: str | None = None
     `create_model(..., pretrained=weights)`, which checks the sha256 in the file name, renames `linear` to `fc` and
     takes the file's preprocessing (32 px, ImageNet mean/std, as akamaster trained).
     """
+    from resnetlab.engine.checkpoint import model_payload
     from resnetlab.models import create_model
     from resnetlab.models.weights import read_weights
 
@@ -336,20 +337,7 @@ def cifar_weights_checkpoint(weights: str | os.PathLike, arch: str | None = None
     state, _ = read_weights(weights)
     arch = arch or f"resnet{_cifar_depth(state)}"
     model = create_model(arch, num_classes=len(CLASSES), pretrained=str(weights))
-    return {
-        "arch": arch,
-        "num_classes": len(CLASSES),
-        "classes": list(CLASSES),
-        "model_kwargs": {},
-        "head": None,
-        "default_cfg": dict(model.default_cfg),
-        "config": {},
-        "data": {"dataset": NAME, "weights": weights.name},
-        "epoch": 0,
-        "best_acc": None,
-        "metrics": {},
-        "model": model.state_dict(),
-    }
+    return model_payload(arch, model, list(CLASSES), data={"dataset": NAME, "weights": weights.name})
 
 
 def checkpoint_from_cifar_weights(

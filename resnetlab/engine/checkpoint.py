@@ -36,6 +36,34 @@ FORMAT = "resnetlab-checkpoint"
 VERSION = 1
 
 
+def model_payload(
+    arch: str,
+    model: nn.Module,
+    classes: list[str],
+    default_cfg: dict[str, Any] | None = None,
+    head: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The schema's fields for a model that predict, eval and export can load; `fields` adds or overrides (config,
+    epoch, metrics, the resume state). `default_cfg` defaults to the model's own."""
+    return {
+        "arch": arch,
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "model_kwargs": {},
+        "head": head,
+        "default_cfg": dict(default_cfg if default_cfg is not None else model.default_cfg),
+        "config": {},
+        "data": data or {},
+        "epoch": 0,
+        "best_acc": None,
+        "metrics": {},
+        "model": model.state_dict(),
+        **fields,
+    }
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write `payload` to `path` atomically: a temp file in the same folder, fsync, then rename over the target.
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, Weig
 from resnetlab.config import TrainConfig
 from resnetlab.engine import distributed as ddp
 from resnetlab.engine.budget import EpochCut, costs_ahead, plan_epochs
-from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from resnetlab.engine.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from resnetlab.engine.evaluate import evaluate
 from resnetlab.engine.optim import (
     build_optimizer,
@@ -734,29 +734,26 @@ class Trainer:
 
     def save(self, row: dict[str, Any], improved: bool) -> None:
         """last.pt (and best.pt when improved) with the checkpoint schema, then history.csv and TensorBoard."""
-        payload = {
-            "arch": self.cfg.model,
-            "num_classes": self.splits.num_classes,
-            "classes": list(self.splits.classes),
-            "model_kwargs": {},
-            "head": self.head_spec,
-            "default_cfg": _plain(self.model.default_cfg),
-            "config": self.cfg.to_dict(),
-            "data": self.splits.record(),
-            "epoch": row["epoch"],
-            "best_acc": self.best_acc,
-            "metrics": {**row, "best_epoch": self.best_epoch},
-            # What predict, eval and export load: the averaged weights when EMA is on.
-            "model": (self.ema.module if self.ema else self.model).state_dict(),
-            "train_model": self.model.state_dict() if self.ema else None,
-            "ema": self.ema.state_dict() if self.ema else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": capture_rng(self.data.generators),
-            "planned_epochs": self.epochs,
-            "elapsed_seconds": self.elapsed(),
-        }
+        payload = model_payload(
+            self.cfg.model,
+            self.ema.module if self.ema else self.model,  # what predict, eval and export load: the EMA when on
+            self.splits.classes,
+            default_cfg=_plain(self.model.default_cfg),
+            head=self.head_spec,
+            data=self.splits.record(),
+            config=self.cfg.to_dict(),
+            epoch=row["epoch"],
+            best_acc=self.best_acc,
+            metrics={**row, "best_epoch": self.best_epoch},
+            train_model=self.model.state_dict() if self.ema else None,
+            ema=self.ema.state_dict() if self.ema else None,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=capture_rng(self.data.generators),
+            planned_epochs=self.epochs,
+            elapsed_seconds=self.elapsed(),
+        )
         save_checkpoint(self.run_dir / "last.pt", payload)
         if improved:
             save_checkpoint(self.run_dir / "best.pt", payload)

@@ -73,7 +73,7 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder (best.pt + class_indices.json) trained on the train part of `tiny_data`."""
     from resnetlab.data.folder import make_splits, write_class_indices
     from resnetlab.data.transforms import eval_transform_from_cfg
-    from resnetlab.engine.checkpoint import save_checkpoint
+    from resnetlab.engine.checkpoint import model_payload, save_checkpoint
     from resnetlab.models import create_model
 
     torch.manual_seed(0)
@@ -87,23 +87,8 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         train_tiny(model, images, labels)
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    save_checkpoint(
-        run / "best.pt",
-        {
-            "arch": ARCH,
-            "num_classes": len(splits.classes),
-            "classes": list(splits.classes),
-            "model_kwargs": {},
-            "head": None,
-            "default_cfg": default_cfg,
-            "config": {},
-            "data": splits.record(),
-            "epoch": 1,
-            "best_acc": None,
-            "metrics": {},
-            "model": model.state_dict(),
-        },
-    )
+    payload = model_payload(ARCH, model, splits.classes, default_cfg=default_cfg, data=splits.record(), epoch=1)
+    save_checkpoint(run / "best.pt", payload)
     write_class_indices(run / "class_indices.json", list(splits.classes))
     (run / "summary.json").write_text(json.dumps({"note": "tiny test run"}))
     return run

@@ -19,29 +19,13 @@ CHECK_IMAGES = ("chelsea.png", "coffee.png", "grace_hopper.jpg", "rocket.jpg")
 
 def make_checkpoint(path: Path, arch: str = ARCH, classes: list[str] = CLASSES, seed: int = 0) -> Path:
     """A checkpoint in `resnetlab train`'s schema: untrained weights, a 0.875 centre crop at 32 px."""
-    from resnetlab.engine.checkpoint import save_checkpoint
+    from resnetlab.engine.checkpoint import model_payload, save_checkpoint
     from resnetlab.models import create_model
 
     torch.manual_seed(seed)
     model = create_model(arch, num_classes=len(classes))
     cfg = {**model.default_cfg, "crop_pct": 0.875, "interpolation": "bicubic"}
-    return save_checkpoint(
-        path,
-        {
-            "arch": arch,
-            "num_classes": len(classes),
-            "classes": list(classes),
-            "model_kwargs": {},
-            "head": None,
-            "default_cfg": cfg,
-            "config": {},
-            "data": {},
-            "epoch": 1,
-            "best_acc": None,
-            "metrics": {},
-            "model": model.state_dict(),
-        },
-    )
+    return save_checkpoint(path, model_payload(arch, model, classes, default_cfg=cfg, epoch=1))
 
 
 @pytest.fixture(scope="session")
