@@ -143,26 +143,20 @@ def build_transform(
 
 def eval_transform_from_cfg(default_cfg: dict, img_size: int | None = None, normalize: bool = True) -> v2.Compose:
     """The eval preset matching a model's `default_cfg` (input_size, mean, std, crop_pct, interpolation)."""
-    size = img_size or tuple(default_cfg["input_size"])[-2:]
-    return build_transform(
-        "eval",
-        size,
-        default_cfg["mean"],
-        default_cfg["std"],
-        crop_pct=default_cfg.get("crop_pct", 0.875),
-        interpolation=default_cfg.get("interpolation", "bilinear"),
-        normalize=normalize,
-    )
+    return _preset_from_cfg("eval", default_cfg, img_size, normalize)
 
 
 def train_transform_from_cfg(
     default_cfg: dict, img_size: int | None = None, normalize: bool = True, **augment
 ) -> v2.Compose:
     """The train preset with the model's normalisation and interpolation."""
-    size = img_size or tuple(default_cfg["input_size"])[-2:]
+    return _preset_from_cfg("train", default_cfg, img_size, normalize, **augment)
+
+
+def _preset_from_cfg(kind: str, default_cfg: dict, img_size: int | None, normalize: bool, **augment) -> v2.Compose:
     return build_transform(
-        "train",
-        size,
+        kind,
+        img_size or tuple(default_cfg["input_size"])[-2:],
         default_cfg["mean"],
         default_cfg["std"],
         crop_pct=default_cfg.get("crop_pct", 0.875),
