@@ -455,6 +455,22 @@ def interrupted_message(trainer: Trainer | None, cfg: TrainConfig, stopped: str 
     )
 
 
+def planned_epochs(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> int:
+    """The run's planned length: --epochs, or fewer where a --time budget said so (kept in checkpoints for --resume).
+
+    On resume with the same budget, the plan it made; with a new budget already spent, the epochs done; with a new,
+    larger budget, --epochs (re-planned against the time used after the next epoch).
+    """
+    budget = cfg.time_budget_s()
+    if not ckpt or budget is None or not ckpt.get("planned_epochs"):
+        return cfg.epochs
+    if ckpt["config"].get("time") == cfg.time:
+        return min(cfg.epochs, int(ckpt["planned_epochs"]))
+    if float(ckpt.get("elapsed_seconds", 0.0)) >= budget:
+        return min(cfg.epochs, int(ckpt["epoch"]))
+    return cfg.epochs
+
+
 class Trainer:
     """Holds one run's model, data, optimizer and bookkeeping; `fit` drives it epoch by epoch."""
 
@@ -467,15 +483,8 @@ class Trainer:
         self.started = clock()
         self.precision = resolve_precision(ddp.device_for(info, cfg.device), cfg.amp, cfg.channels_last)
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
-        # The planned length: --epochs, or fewer when a --time budget says so (kept in checkpoints for --resume).
         self.budget = cfg.time_budget_s()
-        self.epochs = cfg.epochs
-        if ckpt and self.budget is not None and ckpt.get("planned_epochs"):
-            if ckpt["config"].get("time") == cfg.time:  # the plan this budget made
-                self.epochs = min(cfg.epochs, int(ckpt["planned_epochs"]))
-            elif float(ckpt.get("elapsed_seconds", 0.0)) >= self.budget:  # a new budget, already spent
-                self.epochs = min(cfg.epochs, int(ckpt["epoch"]))
-            # else a new, larger budget: planned afresh from --epochs after the next epoch, against the time used
+        self.epochs = planned_epochs(cfg, ckpt)
         if ckpt and int(ckpt["epoch"]) >= self.epochs and (Path(cfg.resume) / "summary.json").exists():
             raise RunFinished(Path(cfg.resume), int(ckpt["epoch"]), budget_bound=self.epochs < cfg.epochs)
         if not cfg.resume and info.is_main:
@@ -492,27 +501,7 @@ class Trainer:
             )
         train_sizes = [self.splits.sizes[p] for p, _ in self.splits.train if p in self.splits.sizes]
         model, self.head_spec = build_model(cfg, self.splits.num_classes, pretrained=ckpt is None, sizes=train_sizes)
-        if ckpt is not None:  # with EMA, "model" holds the average and "train_model" the trained weights
-            model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
-        self.model = self.precision.prepare_model(model)
-        self.fused_bn = 0  # modules running BatchNorm + add + ReLU through engine/bn_act.c
-        if self.precision.device.type == "cpu" and not cfg.compile:
-            from resnetlab.engine.bn_act import enable_fused_bn_act
-            from resnetlab.engine.conv1x1 import enable_matmul_1x1
-            from resnetlab.engine.conv_wgrad import enable_gemm_weight_grad
-
-            if self.precision.amp_dtype == torch.bfloat16:  # both measured faster in bf16 only (benchmarks/RESULTS.md)
-                enable_gemm_weight_grad(self.model)  # 1.2x faster ResNet-18 steps at 96 px
-                enable_matmul_1x1(self.model)  # 1.05-1.13x faster ResNet-50 steps at 224 px, batch 64
-            # bf16 and fp32: ResNet-50 steps 1.27-1.36x faster in bf16, ResNet-18 1.12x (benchmarks/RESULTS.md)
-            self.fused_bn = enable_fused_bn_act(self.model)
-        self.ema = None
-        if cfg.ema:
-            from resnetlab.engine.ema import ModelEma
-
-            self.ema = ModelEma(self.model, cfg.ema, copy_bn_stats=cfg.bn_stats == "epoch")
-            if ckpt is not None and ckpt.get("train_model") is not None:
-                self.ema.load(ckpt["model"], ckpt.get("ema") or {})
+        self._prepare_model(model, ckpt)
         self.data = build_data(cfg, model.default_cfg, info, self.precision, self.splits)
         self.cached = uses_feature_cache(cfg, info)
         # Cached features are (B, F) vectors: no channels_last for the head.
@@ -543,7 +532,46 @@ class Trainer:
         run_dir = Path(cfg.resume) if cfg.resume else (make_run_dir(cfg) if info.is_main else None)
         self.run_dir = Path(ddp.broadcast_object(str(run_dir), info))
 
-        # Resumed bookkeeping (or a fresh start).
+        self._restore_bookkeeping(ckpt)
+        self.train_seconds, self.train_images, self.stopped_early = 0.0, 0, False
+
+        self.writer = None
+        if info.is_main:
+            cfg.to_yaml(self.run_dir / "config.yaml")
+            write_class_indices(self.run_dir / "class_indices.json", self.splits.classes)
+            self.writer = _summary_writer(self.run_dir)
+        log(self.describe())
+        self.epoch_seconds: list[tuple[str, float]] = []  # (phase kind, wall time) of each epoch in this process
+        self.tail_seconds: float | None = None  # validating and saving the last epoch, for EpochCut
+        self.mark = clock()
+
+    def _prepare_model(self, model: nn.Module, ckpt: dict[str, Any] | None) -> None:
+        """The model on its device and memory format, resumed weights, CPU kernels and the EMA copy."""
+        cfg = self.cfg
+        if ckpt is not None:  # with EMA, "model" holds the average and "train_model" the trained weights
+            model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+        self.model = self.precision.prepare_model(model)
+        self.fused_bn = 0  # modules running BatchNorm + add + ReLU through engine/bn_act.c
+        if self.precision.device.type == "cpu" and not cfg.compile:
+            from resnetlab.engine.bn_act import enable_fused_bn_act
+            from resnetlab.engine.conv1x1 import enable_matmul_1x1
+            from resnetlab.engine.conv_wgrad import enable_gemm_weight_grad
+
+            if self.precision.amp_dtype == torch.bfloat16:  # both measured faster in bf16 only (benchmarks/RESULTS.md)
+                enable_gemm_weight_grad(self.model)  # 1.2x faster ResNet-18 steps at 96 px
+                enable_matmul_1x1(self.model)  # 1.05-1.13x faster ResNet-50 steps at 224 px, batch 64
+            # bf16 and fp32: ResNet-50 steps 1.27-1.36x faster in bf16, ResNet-18 1.12x (benchmarks/RESULTS.md)
+            self.fused_bn = enable_fused_bn_act(self.model)
+        self.ema = None
+        if cfg.ema:
+            from resnetlab.engine.ema import ModelEma
+
+            self.ema = ModelEma(self.model, cfg.ema, copy_bn_stats=cfg.bn_stats == "epoch")
+            if ckpt is not None and ckpt.get("train_model") is not None:
+                self.ema.load(ckpt["model"], ckpt.get("ema") or {})
+
+    def _restore_bookkeeping(self, ckpt: dict[str, Any] | None) -> None:
+        """Where a resumed run stands (epoch, history, best so far, RNG streams), or a fresh start."""
         self.ckpt = ckpt
         self.start_epoch = int(ckpt["epoch"]) if ckpt else 0
         self.saved_epoch = self.start_epoch  # the epoch last.pt holds
@@ -552,16 +580,13 @@ class Trainer:
         self.best_epoch = int(ckpt["metrics"].get("best_epoch", 0)) if ckpt else 0
         if ckpt:
             restore_rng(ckpt["rng"], self.data.generators)
-        self.train_seconds, self.train_images, self.stopped_early = 0.0, 0, False
 
-        self.writer = None
-        if info.is_main:
-            cfg.to_yaml(self.run_dir / "config.yaml")
-            write_class_indices(self.run_dir / "class_indices.json", self.splits.classes)
-            self.writer = _summary_writer(self.run_dir)
-        log(
+    def describe(self) -> str:
+        """The run's first log line: data, model, precision, optimizer, mode and run folder."""
+        cfg, info = self.cfg, self.info
+        return (
             f"train {cfg.model}: {self.splits.num_classes} classes, {len(self.splits.train)} train / "
-            f"{len(self.splits.val)} val images, {_px(model.default_cfg)}, "
+            f"{len(self.splits.val)} val images, {_px(self.model.default_cfg)}, "
             f"{self.precision.describe()}{', fused BN' if self.fused_bn else ''}, "
             f"batch {cfg.batch_size}{f' on {info.world_size} processes' if info.enabled else ''}, "
             f"{cfg.resolved_opt()} lr {self.lr:.2e} wd {self.wd:g} {cfg.sched}{f', EMA {cfg.ema}' if cfg.ema else ''}, "
@@ -569,9 +594,6 @@ class Trainer:
             f"{f', time budget {cfg.time}' if self.budget is not None else ''} "
             f"-> {self.run_dir}"
         )
-        self.epoch_seconds: list[tuple[str, float]] = []  # (phase kind, wall time) of each epoch in this process
-        self.tail_seconds: float | None = None  # validating and saving the last epoch, for EpochCut
-        self.mark = clock()
 
     def start_phase(self, epoch: int) -> None:
         """Enter the phase holding `epoch` when it is a new one: (un)freeze, fresh optimizer and schedule."""

@@ -353,3 +353,17 @@ def test_a_cut_epoch_resumed_with_more_time_ends_annealed_again(digits_dir, tmp_
     group = ckpt["optimizer"]["param_groups"][0]
     assert ckpt["epoch"] == 2 and ckpt["scheduler"]["steps"] == 23
     assert group["lr"] == pytest.approx(group["initial_lr"] * cfg.min_lr_ratio)
+
+
+def test_resumed_plan_follows_the_budget_it_was_made_with(digits_dir, tmp_path):
+    from resnetlab.engine.fit import planned_epochs
+
+    cfg = tiny_config(digits_dir, tmp_path, epochs=20, time="10m")
+    made = {"config": {"time": "10m"}, "planned_epochs": 12, "epoch": 5, "elapsed_seconds": 300.0}
+    assert planned_epochs(cfg, None) == 20  # a fresh run plans after its first epochs
+    assert planned_epochs(cfg, made) == 12  # the same budget: the plan it made
+    spent = {**made, "config": {"time": "4m"}, "elapsed_seconds": 700.0}
+    assert planned_epochs(tiny_config(digits_dir, tmp_path, epochs=20, time="5m"), spent) == 5  # spent: what was done
+    assert planned_epochs(cfg, {**made, "config": {"time": "4m"}}) == 20  # larger: planned afresh from --epochs
+    assert planned_epochs(tiny_config(digits_dir, tmp_path, epochs=8, time="10m"), made) == 8  # never past --epochs
+    assert planned_epochs(tiny_config(digits_dir, tmp_path, epochs=20), made) == 20  # no budget now
