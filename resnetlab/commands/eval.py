@@ -17,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a trained model",
         description="Evaluate a trained model: top-1/top-5 accuracy, loss, per-class precision/recall/F1, macro and "
         "weighted averages. Without DIR, the run's own split (recorded in the checkpoint) is used. DIR may be any "
-        "folder of class sub-folders with the model's classes (all its images are used), or a folder with "
-        "train/val/test sub-folders (then --split picks one). Writes eval.json, confusion_matrix.png and "
+        "folder of class sub-folders named after the model's classes, all or some (all its images are used), or a "
+        "folder with train/val/test sub-folders (then --split picks one). Writes eval.json, confusion_matrix.png and "
         "mistakes.png into the run folder (or --out).",
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint file (.pt) or .onnx file")
@@ -77,15 +77,17 @@ def recorded_samples(record: dict[str, Any], split: str, where: str) -> EvalData
 def map_labels(
     samples: list[tuple[Path, int]], data_classes: list[str], model_classes: list[str], where: str
 ) -> list[tuple[Path, int]]:
-    """Relabel samples into the model's class indices; refuse data whose classes are not the model's."""
+    """Relabel samples into the model's class indices; refuse data with classes the model does not know.
+
+    A folder with only some of the model's classes is fine (a test set without one class, or a folder of one
+    class's new photos): the absent classes get support 0 and the macro averages leave them out.
+    """
     from resnetlab.errors import ResnetlabError
 
-    if set(data_classes) != set(model_classes):
-        missing = sorted(set(model_classes) - set(data_classes))
-        extra = sorted(set(data_classes) - set(model_classes))
+    if extra := sorted(set(data_classes) - set(model_classes)):
         raise ResnetlabError(
-            f"{where}: its classes differ from the model's; model classes {model_classes}, data classes "
-            f"{data_classes} (missing {missing}, unknown {extra}); evaluate on a folder with the model's classes"
+            f"{where}: classes the model does not know: {extra}; model classes {model_classes}, data classes "
+            f"{data_classes}; evaluate on folders named after the model's classes"
         )
     index = {name: i for i, name in enumerate(model_classes)}
     return [(path, index[data_classes[label]]) for path, label in samples]
@@ -118,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     samples = map_labels(samples, data_classes, clf.classes, where)
 
     print(f"evaluating {ckpt_path} ({clf.precision.describe()}) on {len(samples)} images: {described}")
+    if absent := [name for name in clf.classes if name not in data_classes]:
+        print(f"note: no images of {', '.join(absent)} there: support 0, left out of the macro averages")
     if skipped:
         print(f"skipped {len(skipped)} unreadable files while scanning (first: {skipped[0][0]}: {skipped[0][1]})")
     paths = [str(p) for p, _ in samples]
