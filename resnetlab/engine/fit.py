@@ -612,6 +612,13 @@ class Trainer:
             self.optimizer.load_state_dict(self.ckpt["optimizer"])
             self.schedule.load_state_dict(self.ckpt["scheduler"])
             self.scaler.load_state_dict(self.ckpt["scaler"])
+            # Continue this run's schedule at the steps taken. The saved state (the optimizer's current LR, a
+            # OneCycleLR's length) describes the schedule the checkpoint was saved under: the same values when the
+            # length is unchanged, but a run extended with a larger --epochs or --time took its first step at the old
+            # schedule's end LR, and onecycle stopped at the old length.
+            self.schedule = retarget_schedule(
+                self.schedule, self.optimizer, cfg.sched, end - first, **self._schedule_args(first)
+            )
 
     def _schedule_args(self, first: int) -> dict[str, Any]:
         """build_schedule's arguments past the length, for a phase starting at epoch `first`."""

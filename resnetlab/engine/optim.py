@@ -7,6 +7,7 @@ cosine decay are smooth even for short runs; `plateau` steps once per epoch on t
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -117,7 +118,9 @@ class Schedule:
         self.steps = steps
         if self.per_step is not None and steps:
             self.per_step.last_epoch = steps - 1
-            self.per_step.step()
+            with warnings.catch_warnings():  # on a resumed run the new optimizer has not stepped yet: by design here
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                self.per_step.step()
 
     def adopt(self, other: Schedule) -> None:
         """Become `other` in place, for a loop that holds this object (a schedule re-targeted mid-epoch)."""
@@ -172,15 +175,22 @@ SCHEDULERS: dict[str, Callable[..., Schedule]] = {
         torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=c["gamma"], patience=2),
         warmup_steps=warm,
     ),
-    "onecycle": lambda opt, total, spe, warm, c: Schedule(
-        torch.optim.lr_scheduler.OneCycleLR(
-            opt,
-            max_lr=[g["lr"] for g in opt.param_groups],
-            total_steps=max(total, 2),
-            pct_start=min(0.5, warm / total) if warm else 0.25,
-        )
-    ),
+    "onecycle": lambda opt, total, spe, warm, c: Schedule(_one_cycle(opt, total, warm)),
 }
+
+
+def _one_cycle(opt: torch.optim.Optimizer, total: int, warm: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """PyTorch's OneCycleLR, rising for the warm-up (a quarter of the run without one), kept valid on tiny runs.
+
+    Its rise ends at step pct_start * total_steps - 1 and divides by that length: a rise of exactly one step (one
+    warm-up step, or 4 steps in all) divided by zero. A rise of at least 1.5 steps over at least 4 steps avoids it;
+    a run shorter than that stops before the schedule's end.
+    """
+    steps = max(total, 4)
+    pct = min(0.5, warm / total) if warm else 0.25
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps, pct_start=max(pct, 1.5 / steps)
+    )
 
 
 def build_schedule(

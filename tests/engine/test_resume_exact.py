@@ -149,3 +149,28 @@ def test_wall_seconds_count_every_session_of_a_resumed_run(digits_dir, tmp_path,
     before = load_checkpoint(tmp_path / "cut" / "last.pt")["elapsed_seconds"]
     summary = fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
     assert before > 0 and summary["wall_seconds"] > before
+
+
+@pytest.mark.parametrize("sched", ["cosine", "onecycle", "step"])
+def test_a_run_extended_with_more_epochs_takes_the_longer_runs_rates(digits_dir, tmp_path, sched):
+    # `--resume RUN --epochs 9` after a 3-epoch run: from epoch 4 on, each epoch's LR is that of a run planned for 9
+    # epochs from the start (the first resumed step once took the 3-epoch schedule's end LR; onecycle stopped there).
+    import csv
+
+    def rates(run) -> list[float]:
+        with (run / "history.csv").open() as f:
+            return [float(row["lr"]) for row in csv.DictReader(f)]
+
+    # One step an epoch (batch 64 > 38 training images): history's LR, the epoch's last step's, is its first too.
+    args = {"sched": sched, "warmup_epochs": 0, "batch_size": 64}
+    short = tiny_config(digits_dir, tmp_path / "short", epochs=3, **args)
+    fit(short, log=lambda _: None)
+    fit(short.merge({"resume": str(tmp_path / "short"), "epochs": 9}), log=lambda _: None)
+    fit(tiny_config(digits_dir, tmp_path / "long", epochs=9, **args), log=lambda _: None)
+    assert rates(tmp_path / "short")[3:] == pytest.approx(rates(tmp_path / "long")[3:], rel=1e-12)
+
+
+def test_onecycle_on_a_run_of_a_few_steps(digits_dir, tmp_path):
+    # 2 epochs of 1 step: OneCycleLR's rise of one step divided by zero.
+    summary = fit(tiny_config(digits_dir, tmp_path / "oc", epochs=2, batch_size=64, sched="onecycle"), log=print)
+    assert summary["epochs_run"] == 2
