@@ -442,6 +442,29 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         ddp.cleanup(info)
 
 
+def check_resumed_data(splits: Any, ckpt: dict[str, Any], log: Callable[[str], None]) -> None:
+    """A resumed run's data folder against the one it started on: other classes cannot fit the model (one-line error);
+    other files make a new split, which the log says (the resumed run is then not the uninterrupted one)."""
+    if splits.classes != list(ckpt["classes"]):
+        added = sorted(set(splits.classes) - set(ckpt["classes"]))
+        gone = sorted(set(ckpt["classes"]) - set(splits.classes))
+        change = "; ".join(filter(None, [added and f"added {added}", gone and f"missing {gone}"])) or "renamed"
+        raise ResnetlabError(
+            f"{splits.root}: its classes {splits.classes} are not the run's {list(ckpt['classes'])} ({change}); the"
+            " model was built for the run's classes: start a new run to train on these"
+        )
+    record, now = ckpt.get("data") or {}, splits.record()
+    before = record.get("counts") or {}
+    changed = [f"{name} {before[name]} -> {n}" for name, n in now["counts"].items() if before.get(name, n) != n]
+    if not changed and record.get("val_digest") not in (None, now["val_digest"]):
+        changed = ["other validation files"]
+    if changed:
+        log(
+            f"warning: {splits.root} changed since the run started ({', '.join(changed)} images): its split is made "
+            "afresh, so this resumed run is not the uninterrupted one, and its validation is on other images"
+        )
+
+
 def interrupted_message(trainer: Trainer | None, cfg: TrainConfig, stopped: str = "interrupted") -> str:
     """What a stop leaves behind: the last complete epoch in last.pt (written atomically) and how to go on."""
     if trainer is None and cfg.resume:  # stopped while setting up a resumed run: last.pt is as it was
@@ -499,6 +522,8 @@ class Trainer:
                 f"{cfg.data}: only 1 class folder ({self.splits.classes[0]}); a classifier needs at least 2: put each"
                 " class's images in its own sub-folder"
             )
+        if ckpt is not None:
+            check_resumed_data(self.splits, ckpt, log)
         train_sizes = [self.splits.sizes[p] for p, _ in self.splits.train if p in self.splits.sizes]
         model, self.head_spec = build_model(cfg, self.splits.num_classes, pretrained=ckpt is None, sizes=train_sizes)
         self._prepare_model(model, ckpt)

@@ -174,3 +174,32 @@ def test_onecycle_on_a_run_of_a_few_steps(digits_dir, tmp_path):
     # 2 epochs of 1 step: OneCycleLR's rise of one step divided by zero.
     summary = fit(tiny_config(digits_dir, tmp_path / "oc", epochs=2, batch_size=64, sched="onecycle"), log=print)
     assert summary["epochs_run"] == 2
+
+
+def test_resume_on_a_changed_folder(tmp_path):
+    # Another class cannot fit the model's head: one line, not load_state_dict's size mismatch. More photos make a
+    # new split: the log says so, since the resumed run is then not the uninterrupted one.
+    from tests.engine.conftest import write_digits
+
+    data = write_digits(tmp_path / "data", {0: 10, 1: 10})
+    run = tmp_path / "run"
+    fit(tiny_config(data, run, epochs=1), log=lambda _: None)
+    said: list[str] = []
+    fit(tiny_config(data, run, epochs=2, resume=str(run)), log=said.append)  # the same folder: nothing to say
+    assert not [line for line in said if line.startswith("warning")]
+    write_digits(data, {2: 10})
+    with pytest.raises(
+        ResnetlabError, match=r"its classes \['one', 'two', 'zero'\] are not the run's \['one', 'zero'\]"
+    ):
+        fit(tiny_config(data, run, epochs=3, resume=str(run)), log=lambda _: None)
+    for extra in (data / "two").iterdir():
+        extra.unlink()
+    (data / "two").rmdir()
+    for path in (write_digits(tmp_path / "more", {0: 5}, offset=10) / "zero").iterdir():  # 5 more zeros
+        path.rename(data / "zero" / f"more-{path.name}")
+    said.clear()
+    fit(tiny_config(data, run, epochs=3, resume=str(run)), log=said.append)
+    assert said[0] == (
+        f"warning: {data} changed since the run started (train 16 -> 20, val 4 -> 5 images): its split is made afresh,"
+        " so this resumed run is not the uninterrupted one, and its validation is on other images"
+    )
