@@ -442,6 +442,33 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         ddp.cleanup(info)
 
 
+# What a run is made of: its weights, optimizer state and phases only fit the values it started with.
+RESUME_FIXED = ("model", "head", "dropout", "mode", "freeze_epochs", "opt")
+
+
+def check_resumed_options(cfg: TrainConfig, ckpt: dict[str, Any]) -> None:
+    """A one-line error when --resume is given another model, head, mode or optimizer than the run was made with
+    (they failed deep in load_state_dict); epochs, time, LR, batch size, schedule and the rest may change."""
+    saved = ckpt.get("config") or {}
+    started = dataclasses.replace(cfg, **{k: saved[k] for k in (*RESUME_FIXED, "pretrained") if k in saved})
+
+    def shown(value: Any) -> str:
+        return ",".join(map(str, value)) or "none" if isinstance(value, (list, tuple)) else str(value)
+
+    for name in RESUME_FIXED:
+        now, then = getattr(cfg, name), getattr(started, name)
+        if name == "opt":
+            now, then = cfg.resolved_opt(), started.resolved_opt()
+        if name == "freeze_epochs" and cfg.mode != "staged":
+            continue  # only staged runs have phases
+        if shown(now) != shown(then):
+            raise ResnetlabError(
+                f"--{name.replace('_', '-')} {shown(now)}: {cfg.resume} was made with {name} {shown(then)}, which"
+                f" a resumed run keeps; for another, start a new run (--pretrained {Path(cfg.resume) / 'best.pt'}"
+                " starts from its weights)"
+            )
+
+
 def check_resumed_data(splits: Any, ckpt: dict[str, Any], log: Callable[[str], None]) -> None:
     """A resumed run's data folder against the one it started on: other classes cannot fit the model (one-line error);
     other files make a new split, which the log says (the resumed run is then not the uninterrupted one)."""
@@ -506,6 +533,8 @@ class Trainer:
         self.started = clock()
         self.precision = resolve_precision(ddp.device_for(info, cfg.device), cfg.amp, cfg.channels_last)
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
+        if ckpt is not None:
+            check_resumed_options(cfg, ckpt)
         self.budget = cfg.time_budget_s()
         self.epochs = planned_epochs(cfg, ckpt)
         if ckpt and int(ckpt["epoch"]) >= self.epochs and (Path(cfg.resume) / "summary.json").exists():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -203,3 +204,28 @@ def test_resume_on_a_changed_folder(tmp_path):
         f"warning: {data} changed since the run started (train 16 -> 20, val 4 -> 5 images): its split is made afresh,"
         " so this resumed run is not the uninterrupted one, and its validation is on other images"
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"model": "resnet32"}, "--model resnet32: {run} was made with model resnet20, which a resumed run keeps"),
+        ({"head": [16], "dropout": 0.2}, "--head 16: {run} was made with head none, which a resumed run keeps"),
+        ({"mode": "frozen"}, "--mode frozen: {run} was made with mode finetune"),
+        ({"opt": "sgd"}, "--opt sgd: {run} was made with opt muon"),
+    ],
+)
+def test_resume_refuses_another_model_head_mode_or_optimizer(digits_dir, tmp_path, change, said):
+    # They failed deep in load_state_dict (size mismatches, parameter groups); the rest may change on resume.
+    run = tmp_path / "run"
+    fit(tiny_config(digits_dir, run, epochs=1), log=lambda _: None)
+    with pytest.raises(ResnetlabError, match=re.escape(said.format(run=run))):
+        fit(tiny_config(digits_dir, run, epochs=2, resume=str(run), **change), log=lambda _: None)
+    assert fit(tiny_config(digits_dir, run, epochs=2, resume=str(run), opt="muon", batch_size=4, lr=1e-3))
+
+
+def test_a_staged_run_keeps_its_frozen_epochs_on_resume(digits_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(tiny_config(digits_dir, run, epochs=2, mode="staged", freeze_epochs=1), log=lambda _: None)
+    with pytest.raises(ResnetlabError, match="--freeze-epochs 2: .* was made with freeze_epochs 1"):
+        fit(tiny_config(digits_dir, run, epochs=3, resume=str(run), mode="staged", freeze_epochs=2))
