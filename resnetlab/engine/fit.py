@@ -464,8 +464,8 @@ def check_resumed_options(cfg: TrainConfig, ckpt: dict[str, Any]) -> None:
         if shown(now) != shown(then):
             raise ResnetlabError(
                 f"--{name.replace('_', '-')} {shown(now)}: {cfg.resume} was made with {name} {shown(then)}, which"
-                f" a resumed run keeps; for another, start a new run (--pretrained {Path(cfg.resume) / 'best.pt'}"
-                " starts from its weights)"
+                " a resumed run keeps; for another, start a new run"
+                + ("" if name == "model" else f" (--pretrained {Path(cfg.resume) / 'best.pt'} starts from its weights)")
             )
 
 
