@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,9 @@ def load_tensors(path: str | os.PathLike, what: str = "weights file", map_locati
     arbitrary code, which resnetlab never does.
     """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns before it refuses a TorchScript archive: one line says it all
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for torn, foreign or pickled-code files
         raise ResnetlabError(f"{path}: not a readable {what} ({_load_failure(exc)})") from exc
 
@@ -181,6 +184,11 @@ def _load_failure(exc: Exception) -> str:
                 "state_dict instead"
             )
         return "not a PyTorch file: neither a torch.save zip nor a pickle of tensors"
+    if "TorchScript archive" in text:
+        return (
+            "a TorchScript export, for torch.jit.load in an application; resnetlab reads the run folder, its .pt "
+            "checkpoint or an .onnx export"
+        )
     if "PytorchStreamReader failed" in text:
         return "a torn or truncated torch.save file: copy or download it again"
     first = text.splitlines()[0] if text else type(exc).__name__

@@ -79,6 +79,13 @@ def test_torchscript_export(tiny_ckpt: Path, check_images: list[Path], tmp_path:
     batch = _batch(check_images, meta["default_cfg"])
     with torch.no_grad():
         torch.testing.assert_close(module(batch), _eager(tiny_ckpt)(batch), rtol=1e-4, atol=1e-4)
+    # predict reads checkpoints and ONNX files; handed the TorchScript file, it says what the file is, in one line.
+    assert main(["predict", str(out), str(check_images[0])]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"resnetlab predict: error: {out}: not a readable checkpoint (a TorchScript export, for torch.jit.load in an"
+        " application; resnetlab reads the run folder, its .pt checkpoint or an .onnx export)\n"
+    )
 
 
 def test_predict_onnx_equals_checkpoint(tiny_ckpt: Path, tiny_onnx: Path, check_images: list[Path], capsys) -> None:
