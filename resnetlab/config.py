@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,8 +135,8 @@ class TrainConfig:
     epochs: int = _f(20, "number of epochs (with --time: at most this many)")
     time: str | None = _f(
         None,
-        "wall-clock budget for the whole run, e.g. 90s, 20m, 1.5h: after each epoch the run plans how many of "
-        "--epochs fit and shortens the LR schedule to end there (default: none)",
+        "wall-clock budget for the whole run, e.g. 90s, 20m, 1.5h, 1h30m, 1:30:00: after each epoch the run plans "
+        "how many of --epochs fit and shortens the LR schedule to end there (default: none)",
     )
     batch_size: int = _f(64, "global batch size (split across processes under torchrun)")
     opt: str = _f("auto", "optimizer: sgd, adam, adamw, muon; auto = muon from scratch, adamw with --pretrained")
@@ -270,19 +271,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-DURATION_UNITS: dict[str, float] = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)h)?(?:(\d+(?:\.\d*)?|\.\d+)m)?(?:(\d+(?:\.\d*)?|\.\d+)s)?")
+_CLOCK = re.compile(r"(?:(\d+):)?(\d+):(\d\d)")  # H:MM:SS or M:SS, as schedulers (SLURM) write limits
 
 
 def parse_duration(value: str, option: str = "time") -> float:
-    """`"90s"`, `"20m"`, `"1.5h"` -> seconds. A unit is required: a bare number means hours to Ultralytics users."""
-    text = str(value).strip().lower()
-    unit = DURATION_UNITS.get(text[-1:]) if text else None
-    try:
-        seconds = float(text[:-1]) * unit if unit is not None else None
-    except ValueError:
-        seconds = None
+    """`"90s"`, `"20m"`, `"1.5h"`, `"1h30m"`, `"1:30:00"` -> seconds. A unit is required: a bare number means hours
+    to Ultralytics users and minutes to others."""
+    text = str(value).strip().lower().replace(" ", "")
+    seconds = None
+    if (m := _DURATION.fullmatch(text)) and any(m.groups()):
+        seconds = sum(float(part) * unit for part, unit in zip(m.groups(), (3600, 60, 1)) if part)
+    elif m := _CLOCK.fullmatch(text):
+        hours, minutes, secs = (int(part or 0) for part in m.groups())
+        seconds = float(hours * 3600 + minutes * 60 + secs) if secs < 60 and (hours == 0 or minutes < 60) else None
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise ResnetlabError(f"{option} {value!r}: give a positive duration with a unit, e.g. 90s, 20m or 1.5h")
+        raise ResnetlabError(
+            f"{option} {value!r}: give a positive duration with a unit, e.g. 90s, 20m, 1.5h or 1h30m (or H:MM:SS)"
+        )
     return seconds
 
 

@@ -26,12 +26,16 @@ from resnetlab.errors import ResnetlabError
 from tests.engine.conftest import Killed, kill_after, tiny_config
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90.0), ("20m", 1200.0), ("1.5h", 5400.0), (" 2M ", 120.0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90.0), ("20m", 1200.0), ("1.5h", 5400.0), (" 2M ", 120.0), ("1h30m", 5400.0), ("2m 30s", 150.0)]
+    + [("1:30:00", 5400.0), ("45:00", 2700.0)],  # H:MM:SS and M:SS, as job schedulers write time limits
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["5", "0.5", "m", "-1m", "0s", "tenm", "infh", ""])
+@pytest.mark.parametrize("text", ["5", "0.5", "m", "-1m", "0s", "tenm", "infh", "", "1m1h", "1:75", "1:60:00"])
 def test_bad_durations_name_the_option(text):
     # A bare number is refused: Ultralytics reads it as hours, a CPU user may mean minutes.
     with pytest.raises(ResnetlabError, match=r"^time .*: give a positive duration with a unit, e.g. 90s"):
