@@ -105,6 +105,7 @@ class EpochCut:
         checks = {CUT_FIRST_CHECK, 10, steps // 4, steps // 2, 3 * steps // 4}
         self.checks = {k for k in checks if CUT_FIRST_CHECK <= k < steps} if steps >= CUT_MIN_STEPS else set()
         self.cut = steps  # the step the epoch ends at
+        self.whole_epoch_s: float | None = None  # what the whole epoch would take at the latest pace, tail included
         self.timed = (0, self.clock())  # (steps, time) at the last check: the pace is measured from there
 
     def __call__(self, done: int) -> bool:
@@ -119,6 +120,7 @@ class EpochCut:
             # Validation runs forward passes only, about a third of a training step's work per batch.
             tail = self.tail_seconds if self.tail_seconds is not None else pace * self.val_steps / 3
             end = now + (self.steps - done) * pace + tail
+            self.whole_epoch_s = self.steps * pace + tail
             cut = self.steps
             if end > self.deadline + self.slack or self.cut < self.steps:
                 cut = min(self.steps, done + max(0, int((self.deadline - tail - now) / pace)))

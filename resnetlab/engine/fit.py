@@ -308,6 +308,15 @@ def uses_feature_cache(cfg: TrainConfig, info: ddp.DistInfo) -> bool:
 # ---------------------------------------------------------------------------------------------- run folder
 
 
+def _duration(seconds: float) -> str:
+    """A --time value near `seconds`, rounded up: 40s, 12m, 2.5h."""
+    if seconds < 90:
+        return f"{math.ceil(seconds / 10) * 10:.0f}s"
+    if seconds < 90 * 60:
+        return f"{math.ceil(seconds / 60):.0f}m"
+    return f"{math.ceil(seconds / 1800) / 2:g}h"
+
+
 def _px(default_cfg: dict) -> str:
     h, w = default_cfg["input_size"][-2:]
     return f"{min(h, w)} px" if h == w else f"{min(h, w)} px (eval {h}x{w}, whole image)"
@@ -690,16 +699,24 @@ class Trainer:
         """Seconds this run has taken so far, counting earlier sessions of a resumed run."""
         return self.elapsed_before + clock() - self.started
 
-    def fit_to_budget(self, epoch: int, cut_at: int | None = None) -> str | None:
+    def fit_to_budget(self, epoch: int, cut_at: int | None = None, whole_epoch_s: float | None = None) -> str | None:
         """With --time: re-plan the run's length after `epoch` (ended after `cut_at` steps when the budget ran out
-        in it); returns a line to log when the plan changed."""
+        in it, a whole one estimated at `whole_epoch_s`); returns a line to log when the plan changed."""
         now = clock()
         done = epoch + 1
         if cut_at is not None:  # the budget is spent: this epoch is the last (and, being partial, no estimate)
             self.epochs, self.phases = done, plan_phases(self.cfg.mode, done, self.cfg.freeze_epochs)
+            steps = len(self.data.train_loader)
+            advice = ""
+            if whole_epoch_s is not None and cut_at < steps / 2:  # far from one pass over the data: say what would do
+                advice = (
+                    f"; a whole epoch takes about {_duration(whole_epoch_s)} here, so a model this far from one pass"
+                    f" over its data is barely trained: give --time {_duration(3 * whole_epoch_s)} or more for a"
+                    " few epochs"
+                )
             return (
                 f"time budget {self.cfg.time}: {self.elapsed():.0f} s used; epoch {done} ended after {cut_at} of its"
-                f" {len(self.data.train_loader)} steps, where the budget runs out, and the run ends with it"
+                f" {steps} steps, where the budget runs out, and the run ends with it{advice}"
             )
         self.epoch_seconds.append((self.phases[self.phase][0], now - self.mark))  # saving included
         self.mark = now
@@ -802,7 +819,7 @@ class Trainer:
         }
         self.history.append(row)
         cut_at = cut.cut if cut is not None and cut.cut < cut.steps else None
-        replanned = self.fit_to_budget(epoch, cut_at)
+        replanned = self.fit_to_budget(epoch, cut_at, cut.whole_epoch_s if cut is not None else None)
         if self.info.is_main:
             self.save(row, improved)
         self.saved_epoch = row["epoch"]  # on every rank, so a stop under torchrun says the same everywhere

@@ -344,6 +344,19 @@ def test_budget_shorter_than_one_epoch_ends_it_annealed(digits_dir, tmp_path, mo
     assert group["lr"] == pytest.approx(group["initial_lr"] * cfg.min_lr_ratio)  # annealed to the cosine's floor
 
 
+def test_a_budget_far_below_one_epoch_says_what_would_do(digits_dir, tmp_path, monkeypatch):
+    # 5 s against 19 steps of 1 s: cut at step 3, the first estimate. The log says what a whole epoch takes (19 steps
+    # and 5 validation batches at a third of a step: 20.7 s) and a budget for a few epochs (3 x 20.7 s = 62 s).
+    _steps_on_a_fake_clock(monkeypatch, lambda _: 1.0)
+    lines: list[str] = []
+    fit(tiny_config(digits_dir, tmp_path / "run", epochs=5, batch_size=2, time="5s"), log=lines.append)
+    assert [line for line in lines if line.startswith("time budget 5s:")] == [
+        "time budget 5s: 3 s used; epoch 1 ended after 3 of its 19 steps, where the budget runs out, and the run ends"
+        " with it; a whole epoch takes about 30s here, so a model this far from one pass over its data is barely"
+        " trained: give --time 70s or more for a few epochs"
+    ]
+
+
 def test_a_cut_epoch_resumed_with_more_time_ends_annealed_again(digits_dir, tmp_path, monkeypatch):
     # 12 s cut epoch 1 after 10 of its 19 steps. Resumed with 25 s, epoch 2 is cut after 13 steps: its cosine must
     # end at the phase's 23rd step, as taken, not at 19 + 13 (epoch 1 counted whole).
@@ -371,3 +384,13 @@ def test_resumed_plan_follows_the_budget_it_was_made_with(digits_dir, tmp_path):
     assert planned_epochs(cfg, {**made, "config": {"time": "4m"}}) == 20  # larger: planned afresh from --epochs
     assert planned_epochs(tiny_config(digits_dir, tmp_path, epochs=8, time="10m"), made) == 8  # never past --epochs
     assert planned_epochs(tiny_config(digits_dir, tmp_path, epochs=20), made) == 20  # no budget now
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(20.7, "30s"), (62.0, "70s"), (95.0, "2m"), (3000.0, "50m"), (9000.0, "2.5h")]
+)
+def test_suggested_budgets_round_up_to_a_time_value(seconds, text):
+    from resnetlab.config import parse_duration
+    from resnetlab.engine.fit import _duration
+
+    assert _duration(seconds) == text and parse_duration(text) >= seconds
