@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -335,12 +336,14 @@ def make_run_dir(cfg: TrainConfig, create: bool = True) -> Path:
     if not create:
         return Path("runs")
     base = Path("runs") / f"{Path(cfg.data).resolve().name}-{cfg.model}"
-    out, n = base, 1
-    while out.exists():
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    out.mkdir(parents=True)
-    return out
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        out = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            out.mkdir()  # atomic: two runs started at once take different numbers
+            return out
+        except FileExistsError:
+            continue
 
 
 def read_history(path: Path, epochs: int) -> list[dict[str, Any]]:

@@ -188,3 +188,24 @@ def test_too_few_images_for_a_batch_on_each_rank_is_one_line(tmp_path):
     info = ddp.DistInfo(rank=0, world_size=2)
     with pytest.raises(ResnetlabError, match="2 training image.s. make no training batch across 2 processes"):
         build_data(cfg, create_model("resnet20", num_classes=2).default_cfg, info, resolve_precision("cpu"))
+
+
+def test_run_folders_are_numbered_and_never_shared(tmp_path, monkeypatch):
+    # Ultralytics-style numbering; a folder another run made between the check and the creation is skipped.
+    from pathlib import Path
+
+    from resnetlab.engine.fit import make_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(tmp_path / "photos", None)
+    assert make_run_dir(cfg) == Path("runs/photos-resnet20")
+    assert make_run_dir(cfg) == Path("runs/photos-resnet20-2")
+    real_mkdir = Path.mkdir
+
+    def raced(self, *args, **kwargs):  # another run takes -3 just before this one
+        if self.name == "photos-resnet20-3" and not self.exists():
+            real_mkdir(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", raced)
+    assert make_run_dir(cfg) == Path("runs/photos-resnet20-4")
