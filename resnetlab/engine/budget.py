@@ -6,6 +6,7 @@ Between epochs `plan_epochs` sets the run's length from the epochs timed so far 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -17,6 +18,15 @@ from resnetlab.engine import distributed as ddp
 # (forward only through it; a backward pass costs about two forwards): 4.8 s against 1.6 s for ResNet-18 at 64 px on
 # the demo data (fp32, AVX2 EPYC). Staged runs plan their unfrozen epochs with it until the first one is timed.
 UNFROZEN_COST = 3.0
+
+
+def as_time_value(seconds: float) -> str:
+    """A --time value at or just above `seconds`, for advice in the log: 40s, 12m, 2.5h."""
+    if seconds < 90:
+        return f"{math.ceil(seconds / 10) * 10:.0f}s"
+    if seconds < 90 * 60:
+        return f"{math.ceil(seconds / 60):.0f}m"
+    return f"{math.ceil(seconds / 1800) / 2:g}h"
 
 
 def seconds_per_epoch(epoch_seconds: list[float]) -> float:

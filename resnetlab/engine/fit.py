@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, Weig
 
 from resnetlab.config import TrainConfig
 from resnetlab.engine import distributed as ddp
-from resnetlab.engine.budget import EpochCut, costs_ahead, plan_epochs
+from resnetlab.engine.budget import EpochCut, as_time_value, costs_ahead, plan_epochs
 from resnetlab.engine.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from resnetlab.engine.evaluate import evaluate
 from resnetlab.engine.optim import (
@@ -307,15 +307,6 @@ def uses_feature_cache(cfg: TrainConfig, info: ddp.DistInfo) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- run folder
-
-
-def _duration(seconds: float) -> str:
-    """A --time value near `seconds`, rounded up: 40s, 12m, 2.5h."""
-    if seconds < 90:
-        return f"{math.ceil(seconds / 10) * 10:.0f}s"
-    if seconds < 90 * 60:
-        return f"{math.ceil(seconds / 60):.0f}m"
-    return f"{math.ceil(seconds / 1800) / 2:g}h"
 
 
 def _px(default_cfg: dict) -> str:
@@ -712,10 +703,10 @@ class Trainer:
             steps = len(self.data.train_loader)
             advice = ""
             if whole_epoch_s is not None and cut_at < steps / 2:  # far from one pass over the data: say what would do
+                whole, few = as_time_value(whole_epoch_s), as_time_value(3 * whole_epoch_s)
                 advice = (
-                    f"; a whole epoch takes about {_duration(whole_epoch_s)} here, so a model this far from one pass"
-                    f" over its data is barely trained: give --time {_duration(3 * whole_epoch_s)} or more for a"
-                    " few epochs"
+                    f"; a whole epoch takes about {whole} here, so a model this far from one pass over its data is"
+                    f" barely trained: give --time {few} or more for a few epochs"
                 )
             return (
                 f"time budget {self.cfg.time}: {self.elapsed():.0f} s used; epoch {done} ended after {cut_at} of its"

@@ -391,6 +391,6 @@ def test_resumed_plan_follows_the_budget_it_was_made_with(digits_dir, tmp_path):
 )
 def test_suggested_budgets_round_up_to_a_time_value(seconds, text):
     from resnetlab.config import parse_duration
-    from resnetlab.engine.fit import _duration
+    from resnetlab.engine.budget import as_time_value
 
-    assert _duration(seconds) == text and parse_duration(text) >= seconds
+    assert as_time_value(seconds) == text and parse_duration(text) >= seconds
