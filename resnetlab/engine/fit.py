@@ -535,6 +535,11 @@ class Trainer:
         self.cfg, self.info, self.log = cfg, info, log
         self.started = clock()
         self.precision = resolve_precision(ddp.device_for(info, cfg.device), cfg.amp, cfg.channels_last)
+        if cfg.resume and not (Path(cfg.resume) / "last.pt").exists() and (Path(cfg.resume) / "config.yaml").exists():
+            raise ResnetlabError(
+                f"--resume {cfg.resume}: no last.pt there, so the run stopped before its first epoch ended; start it"
+                f" afresh with resnetlab train --config {Path(cfg.resume) / 'config.yaml'} --out {cfg.resume}"
+            )
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
         if ckpt is not None:
             check_resumed_options(cfg, ckpt)

@@ -233,3 +233,30 @@ def test_a_staged_run_keeps_its_frozen_epochs_on_resume(digits_dir, tmp_path):
     fit(tiny_config(digits_dir, run, epochs=2, mode="staged", freeze_epochs=1), log=lambda _: None)
     with pytest.raises(ResnetlabError, match="--freeze-epochs 2: .* was made with freeze_epochs 1"):
         fit(tiny_config(digits_dir, run, epochs=3, resume=str(run), mode="staged", freeze_epochs=2))
+
+
+def test_resume_of_a_run_stopped_in_its_first_epoch_says_how_to_start_it_again(digits_dir, tmp_path, monkeypatch):
+    # config.yaml is written before epoch 1, last.pt after it: a stop in between leaves nothing to resume.
+    from resnetlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+
+    def stop_at_start(line: str) -> None:
+        if line.startswith("train "):
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(tiny_config(digits_dir, run, epochs=1), log=stop_at_start)
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith("events")) == [
+        "class_indices.json",
+        "config.yaml",
+    ]
+    with pytest.raises(ResnetlabError) as err:
+        fit(tiny_config(digits_dir, run, epochs=1, resume=str(run)))
+    advice = f"resnetlab train --config {run / 'config.yaml'} --out {run}"
+    assert str(err.value) == (
+        f"--resume {run}: no last.pt there, so the run stopped before its first epoch ended; start it afresh with "
+        + advice
+    )
+    assert main(advice.split()[1:]) == 0 and load_checkpoint(run / "last.pt")["epoch"] == 1  # the advice works
