@@ -447,11 +447,14 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
 
 # What a run is made of: its weights, optimizer state and phases only fit the values it started with.
 RESUME_FIXED = ("model", "head", "dropout", "mode", "freeze_epochs", "opt")
+# What only says where, how long or how visibly a run goes on: changing these on --resume is a plain continuation.
+RESUME_FREE = ("data", "epochs", "time", "resume", "out", "progress", "workers", "cache", "device", "pretrained")
 
 
-def check_resumed_options(cfg: TrainConfig, ckpt: dict[str, Any]) -> None:
+def check_resumed_options(cfg: TrainConfig, ckpt: dict[str, Any]) -> list[str]:
     """A one-line error when --resume is given another model, head, mode or optimizer than the run was made with
-    (they failed deep in load_state_dict); epochs, time, LR, batch size, schedule and the rest may change."""
+    (they failed deep in load_state_dict); epochs, time, LR, batch size, schedule and the rest may change. Returns
+    those other changes ("batch_size 64 -> 16"), which make the resumed run differ from an uninterrupted one."""
     saved = ckpt.get("config") or {}
     started = dataclasses.replace(cfg, **{k: saved[k] for k in (*RESUME_FIXED, "pretrained") if k in saved})
 
@@ -470,6 +473,13 @@ def check_resumed_options(cfg: TrainConfig, ckpt: dict[str, Any]) -> None:
                 " a resumed run keeps; for another, start a new run"
                 + ("" if name == "model" else f" (--pretrained {Path(cfg.resume) / 'best.pt'} starts from its weights)")
             )
+    names = [name for name in TrainConfig.field_names() if name not in RESUME_FIXED + RESUME_FREE]
+    before = dataclasses.replace(cfg, **{name: saved[name] for name in names if name in saved})
+
+    def value(c: TrainConfig, name: str) -> str:  # the rates as resolved: an unset --lr is its default
+        return shown({"lr": c.resolved_lr, "wd": c.resolved_wd}.get(name, lambda: getattr(c, name))())
+
+    return [f"{n} {value(before, n)} -> {value(cfg, n)}" for n in names if value(before, n) != value(cfg, n)]
 
 
 def check_resumed_data(splits: Any, ckpt: dict[str, Any], log: Callable[[str], None]) -> None:
@@ -541,8 +551,12 @@ class Trainer:
                 f" afresh with resnetlab train --config {Path(cfg.resume) / 'config.yaml'} --out {cfg.resume}"
             )
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
-        if ckpt is not None:
-            check_resumed_options(cfg, ckpt)
+        changed = check_resumed_options(cfg, ckpt) if ckpt is not None else []
+        if changed:
+            log(
+                f"note: resumed with other options than the run used ({', '.join(changed)}): it goes on from last.pt"
+                " under them, so it is not the run it would have been"
+            )
         self.budget = cfg.time_budget_s()
         self.epochs = planned_epochs(cfg, ckpt)
         if ckpt and int(ckpt["epoch"]) >= self.epochs and (Path(cfg.resume) / "summary.json").exists():

@@ -187,7 +187,7 @@ def test_resume_on_a_changed_folder(tmp_path):
     fit(tiny_config(data, run, epochs=1), log=lambda _: None)
     said: list[str] = []
     fit(tiny_config(data, run, epochs=2, resume=str(run)), log=said.append)  # the same folder: nothing to say
-    assert not [line for line in said if line.startswith("warning")]
+    assert not [line for line in said if line.startswith(("warning", "note"))]
     write_digits(data, {2: 10})
     with pytest.raises(
         ResnetlabError, match=r"its classes \['one', 'two', 'zero'\] are not the run's \['one', 'zero'\]"
@@ -225,7 +225,13 @@ def test_resume_refuses_another_model_head_mode_or_optimizer(digits_dir, tmp_pat
     fit(tiny_config(digits_dir, run, epochs=1), log=lambda _: None)
     with pytest.raises(ResnetlabError, match=re.escape(said.format(run=run)).replace(r"\$", "$")):
         fit(tiny_config(digits_dir, run, epochs=2, resume=str(run), **change), log=lambda _: None)
-    assert fit(tiny_config(digits_dir, run, epochs=2, resume=str(run), opt="muon", batch_size=4, lr=1e-3))
+    said: list[str] = []
+    fit(tiny_config(digits_dir, run, epochs=2, resume=str(run), opt="muon", batch_size=4, lr=1e-3), log=said.append)
+    lr = tiny_config(digits_dir, run).resolved_lr()  # the default the run took
+    assert said[0] == (
+        f"note: resumed with other options than the run used (batch_size 8 -> 4, lr {lr} -> 0.001): it goes on from"
+        " last.pt under them, so it is not the run it would have been"
+    )
 
 
 def test_a_staged_run_keeps_its_frozen_epochs_on_resume(digits_dir, tmp_path):
