@@ -254,9 +254,12 @@ def test_serve_command_on_a_free_port_answers(tiny_ckpt) -> None:
         text=True,
     )
     try:
-        line = proc.stderr.readline()
-        match = re.search(r"at (http://127\.0\.0\.1:(\d+)/)", line)
-        assert match and int(match.group(2)) > 0, line
+        lines = []
+        while not lines or not lines[-1].startswith("serving "):  # a warning may come first
+            lines.append(proc.stderr.readline())
+            assert lines[-1] and len(lines) < 50, lines
+        match = re.search(r"at (http://127\.0\.0\.1:(\d+)/)", lines[-1])
+        assert match and int(match.group(2)) > 0, lines
         for _ in range(100):  # the socket is bound before the line is printed; uvicorn starts serving soon after
             try:
                 with urllib.request.urlopen(match.group(1) + "health", timeout=5) as response:
