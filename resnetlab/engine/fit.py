@@ -314,18 +314,21 @@ def _px(default_cfg: dict) -> str:
     return f"{min(h, w)} px" if h == w else f"{min(h, w)} px (eval {h}x{w}, whole image)"
 
 
-def make_run_dir(cfg: TrainConfig, create: bool = True) -> Path:
-    """`--out`, or runs/<data>-<model>, numbered -2, -3, ... when taken (as Ultralytics does). `create=False` only
-    checks that `--out` holds no run yet, before the set-up."""
+def refuse_taken_out(cfg: TrainConfig) -> None:
+    """An `--out` that already holds a run is refused (checked before the set-up, and again when the folder is made)."""
+    if cfg.out and (Path(cfg.out) / "last.pt").exists():
+        raise ResnetlabError(
+            f"{cfg.out}: already holds a run; continue it with --resume {cfg.out} or choose another --out"
+        )
+
+
+def make_run_dir(cfg: TrainConfig) -> Path:
+    """`--out`, or runs/<data>-<model>, numbered -2, -3, ... when taken (as Ultralytics does)."""
+    refuse_taken_out(cfg)
     if cfg.out:
         out = Path(cfg.out)
-        if (out / "last.pt").exists():
-            raise ResnetlabError(f"{out}: already holds a run; continue it with --resume {out} or choose another --out")
-        if create:
-            out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         return out
-    if not create:
-        return Path("runs")
     base = Path("runs") / f"{Path(cfg.data).resolve().name}-{cfg.model}"
     base.parent.mkdir(parents=True, exist_ok=True)
     for n in itertools.count(1):
@@ -456,15 +459,16 @@ def check_resumed_options(cfg: TrainConfig, ckpt: dict[str, Any]) -> list[str]:
     (they failed deep in load_state_dict); epochs, time, LR, batch size, schedule and the rest may change. Returns
     those other changes ("batch_size 64 -> 16"), which make the resumed run differ from an uninterrupted one."""
     saved = ckpt.get("config") or {}
-    started = dataclasses.replace(cfg, **{k: saved[k] for k in (*RESUME_FIXED, "pretrained") if k in saved})
+    names = [name for name in TrainConfig.field_names() if name not in RESUME_FREE]
+    before = dataclasses.replace(cfg, **{name: saved[name] for name in (*names, "pretrained") if name in saved})
 
     def shown(value: Any) -> str:
         return ",".join(map(str, value)) or "none" if isinstance(value, (list, tuple)) else str(value)
 
     for name in RESUME_FIXED:
-        now, then = getattr(cfg, name), getattr(started, name)
+        now, then = getattr(cfg, name), getattr(before, name)
         if name == "opt":
-            now, then = cfg.resolved_opt(), started.resolved_opt()
+            now, then = cfg.resolved_opt(), before.resolved_opt()
         if name == "freeze_epochs" and cfg.mode != "staged":
             continue  # only staged runs have phases
         if shown(now) != shown(then):
@@ -473,13 +477,12 @@ def check_resumed_options(cfg: TrainConfig, ckpt: dict[str, Any]) -> list[str]:
                 " a resumed run keeps; for another, start a new run"
                 + ("" if name == "model" else f" (--pretrained {Path(cfg.resume) / 'best.pt'} starts from its weights)")
             )
-    names = [name for name in TrainConfig.field_names() if name not in RESUME_FIXED + RESUME_FREE]
-    before = dataclasses.replace(cfg, **{name: saved[name] for name in names if name in saved})
 
     def value(c: TrainConfig, name: str) -> str:  # the rates as resolved: an unset --lr is its default
         return shown({"lr": c.resolved_lr, "wd": c.resolved_wd}.get(name, lambda: getattr(c, name))())
 
-    return [f"{n} {value(before, n)} -> {value(cfg, n)}" for n in names if value(before, n) != value(cfg, n)]
+    changed = [n for n in names if n not in RESUME_FIXED and value(before, n) != value(cfg, n)]
+    return [f"{n} {value(before, n)} -> {value(cfg, n)}" for n in changed]
 
 
 def check_resumed_data(splits: Any, ckpt: dict[str, Any], log: Callable[[str], None]) -> None:
@@ -561,8 +564,8 @@ class Trainer:
         self.epochs = planned_epochs(cfg, ckpt)
         if ckpt and int(ckpt["epoch"]) >= self.epochs and (Path(cfg.resume) / "summary.json").exists():
             raise RunFinished(Path(cfg.resume), int(ckpt["epoch"]), budget_bound=self.epochs < cfg.epochs)
-        if not cfg.resume and info.is_main:
-            make_run_dir(cfg, create=False)  # an --out that holds a run is refused now, not after the set-up
+        if not cfg.resume:
+            refuse_taken_out(cfg)  # now, not after the set-up
 
         if cfg.mode != "finetune" and not cfg.pretrained:
             log(f"warning: --mode {cfg.mode} without --pretrained freezes a random backbone; use --mode finetune")
