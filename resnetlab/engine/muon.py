@@ -6,7 +6,9 @@ directions learn as fast as dominant ones. A conv weight (out, in/groups, kh, kw
 (out, in/groups * kh * kw). Depthwise filters (one input channel), norms, biases and the classifier head stay on
 AdamW, as in Muon's own recipe (hidden layers only). Where the iteration runs in fp32 (CPUs without native bf16),
 long banks (3x3 and bottleneck 1x1 convolutions) iterate on their Gram matrix instead (Gram Newton-Schulz: the same
-polynomial with fewer products; not in bf16, where it is fragile: benchmarks/RESULTS.md).
+polynomial with fewer products; not in bf16, where it is fragile: benchmarks/RESULTS.md). On CPUs with AVX-512 BF16 but
+no AMX, where bf16 products are only ~2x fp32's, banks with 256+ rows and columns take the polynomial from one fp32
+eigendecomposition of their Gram matrix instead of iterating (`method="eigh"`).
 
 The update is rescaled by 0.2 * sqrt(max(rows, cols)) (Liu et al. 2025, "Muon is scalable"): its RMS then matches a
 typical AdamW update, so AdamW's learning rates and decoupled weight decay are the right size for it, and one
@@ -23,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim.adamw import adamw
+
+from resnetlab.engine import precision
 
 # The quintic Newton-Schulz coefficients of Muon's reference implementation: they push every singular value of a
 # Frobenius-normalised matrix into about [0.7, 1.2] in five steps, which is orthogonal enough for an update.
@@ -46,7 +50,12 @@ GRAM_DTYPES = (torch.float32, torch.float64)
 # the float64 iteration, the worst synthetic case (a rank-1 bank) 2.0e-4 with restarts and 2.8e-4 without, and
 # ResNet-18's three 512 x 4608 banks took 329 -> 215 ms on a 2-core AVX2 CPU (benchmarks/RESULTS.md).
 GRAM_RESTART_EVERY = 3
-METHODS = ("auto", "standard", "gram")
+# The eigendecomposition route (`_eigh_newton_schulz`) for banks whose short side is at least this, in bf16 on CPUs
+# without AMX (AVX-512 BF16 only: bf16 products 2.2x fp32's there, against ~10x with AMX). On a 2-core EPYC of that
+# kind, 3 x 512 x 4608 banks (ResNet-18/50's 3x3 convolutions at 512 channels) took 274 -> 141 ms, and all of
+# ResNet-50's banks 718 -> 508 ms; at 256 rows it was even or ahead, below it the banks cost < 2 ms in any form.
+EIGH_MIN_SIDE = 256
+METHODS = ("auto", "standard", "gram", "eigh")
 
 
 def orthogonalize(
@@ -55,7 +64,9 @@ def orthogonalize(
     """Approximately U V^T of each g = U S V^T, for a matrix (m, n) or a stack of them (k, m, n), computed in dtype.
 
     `method`: "standard" (Muon's reference iteration, bit-equal to `torch.optim.Muon`), "gram" (the same polynomial
-    iterated on the Gram matrix), or "auto" (gram in fp32 for aspect ratios >= GRAM_MIN_ASPECT, else standard).
+    iterated on the Gram matrix), "eigh" (the same polynomial from the Gram matrix's eigenvalues), or "auto" (gram in
+    fp32 for aspect ratios >= GRAM_MIN_ASPECT, eigh in bf16 on CPUs without AMX for banks of EIGH_MIN_SIDE+ rows and
+    columns, else standard).
     """
     _check_method(method)
     x = g.to(dtype)
@@ -63,18 +74,27 @@ def orthogonalize(
     if single:
         x = x.unsqueeze(0)
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values <= 1, inside the iteration's basin
-    short, long = sorted(x.shape[-2:])
-    gram = method == "gram" or (method == "auto" and dtype in GRAM_DTYPES and long >= GRAM_MIN_ASPECT * short)
+    iterate = {"standard": _newton_schulz, "gram": _gram_newton_schulz, "eigh": _eigh_newton_schulz}
     # A tall x is multiplied from the right instead of being transposed: bmm reads a transposed operand in place,
     # while a transposed output or `@` on a stack of one made oneDNN copy every product (ResNet-50's (2048, 1024)
     # filter bank: 72 -> 37 ms per step).
-    x = (_gram_newton_schulz if gram else _newton_schulz)(x, steps, tall=x.size(-2) > x.size(-1))
+    x = iterate[auto_method(x) if method == "auto" else method](x, steps, tall=x.size(-2) > x.size(-1))
     return x[0] if single else x
+
+
+def auto_method(x: Tensor) -> str:
+    """The fastest accurate form for a stack x (k, m, n) in its dtype and on its device (see `orthogonalize`)."""
+    short, long = sorted(x.shape[-2:])
+    if x.dtype in GRAM_DTYPES and long >= GRAM_MIN_ASPECT * short:
+        return "gram"
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and short >= EIGH_MIN_SIDE and not precision.cpu_has_amx():
+        return "eigh"
+    return "standard"
 
 
 def _check_method(method: str) -> None:
     if method not in METHODS:
-        raise ValueError(f"method must be auto, standard or gram, not {method!r}")
+        raise ValueError(f"method must be auto, standard, gram or eigh, not {method!r}")
 
 
 def _gram(x: Tensor, tall: bool) -> Tensor:
@@ -124,6 +144,36 @@ def _gram_newton_schulz(x: Tensor, steps: int, tall: bool) -> Tensor:
     return x if q is None else apply(q, x)
 
 
+def _eigh_newton_schulz(x: Tensor, steps: int, tall: bool) -> Tensor:
+    """`_newton_schulz`'s result on x (k, m, n) from one eigendecomposition of its Gram matrix R (s, s), s = min(m, n).
+
+    The iteration maps each singular value sigma of x to p(sigma), p the composed quintic, so it is x Q (or Q x) with
+    Q = V diag(p(sigma) / sigma) V^T from R = V diag(sigma^2) V^T. R and its eigenvectors are computed in fp32 from x
+    itself (rounded to bf16 or not): Q then matches the x it is applied to, which is what the Gram iteration's bf16
+    matrices lost. Only the final product runs in x's dtype. Should LAPACK fail (a non-finite gradient), the
+    iteration runs instead, as it would have.
+    """
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    try:
+        lam, v = torch.linalg.eigh(_gram(xf, tall))  # (k, s), (k, s, s)
+    except torch.linalg.LinAlgError:
+        return _newton_schulz(x, steps, tall)
+    gain = _polynomial_gain(lam, steps).to(v.dtype)  # p(sigma) / sigma, (k, s)
+    q = torch.bmm(v * gain.unsqueeze(-2), v.mT).to(x.dtype)  # V diag(gain) V^T, symmetric
+    return torch.bmm(x, q) if tall else torch.bmm(q, x)
+
+
+def _polynomial_gain(lam: Tensor, steps: int) -> Tensor:
+    """p(sigma) / sigma for sigma^2 = lam (clamped at 0), computed as a running gain so sigma = 0 gives a^steps."""
+    a, b, c = NS_COEFFICIENTS
+    s2 = lam.double().clamp_min(0)  # rounding can leave an eigenvalue of a singular R slightly negative
+    gain = torch.ones_like(s2)
+    for _ in range(steps):
+        t = gain * gain * s2  # the current sigma^2
+        gain = gain * (a + b * t + c * t * t)
+    return gain
+
+
 def ns_dtype(device: torch.device) -> torch.dtype:
     """bf16 where its matrix products are native (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else fp32.
 
@@ -131,9 +181,7 @@ def ns_dtype(device: torch.device) -> torch.dtype:
     """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    from resnetlab.engine.precision import cpu_supports_bf16
-
-    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and precision.cpu_supports_bf16() else torch.float32
 
 
 def memory_order(p: Tensor) -> tuple[int, ...]:

@@ -39,6 +39,12 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX tiles for bf16 (Sapphire Rapids and later), where bf16 products run ~10x fp32's."""
+    return "amx_bf16" in cpu_flags()
+
+
 def select_device(device: str | None = None) -> torch.device:
     """`None`/"auto" picks CUDA when present, else CPU; otherwise the named device, checked."""
     if device in (None, "", "auto"):
