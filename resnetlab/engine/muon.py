@@ -53,7 +53,8 @@ GRAM_RESTART_EVERY = 3
 # The eigendecomposition route (`_eigh_newton_schulz`) for banks whose short side is at least this, in bf16 on CPUs
 # without AMX (AVX-512 BF16 only: bf16 products 2.2x fp32's there, against ~10x with AMX). On a 2-core EPYC of that
 # kind, 3 x 512 x 4608 banks (ResNet-18/50's 3x3 convolutions at 512 channels) took 274 -> 141 ms, and all of
-# ResNet-50's banks 718 -> 508 ms; at 256 rows it was even or ahead, below it the banks cost < 2 ms in any form.
+# ResNet-50's banks 718 -> 508 ms; from 256 rows it won on long banks and was within 1.6 ms either way on square-ish
+# ones, and below 256 a stack costs < 7 ms in any form (benchmarks/RESULTS.md).
 EIGH_MIN_SIDE = 256
 METHODS = ("auto", "standard", "gram", "eigh")
 
