@@ -53,13 +53,23 @@ def _spectrum(k: int, m: int, n: int, smallest: float) -> torch.Tensor:
     return (u * torch.logspace(0, torch.log10(torch.tensor(smallest)).item(), s, dtype=torch.float64)) @ v.mT
 
 
+def _distance_from_exact(g: torch.Tensor, method: str, dtype: torch.dtype) -> float:
+    """How far `orthogonalize(g, dtype, method)` lands from the float64 standard iteration, relative to its norm."""
+    exact = orthogonalize(g, dtype=torch.float64, method="standard")
+    out = orthogonalize(g, dtype=dtype, method=method)
+    assert out.dtype == dtype
+    return ((out.double() - exact).norm() / exact.norm()).item()
+
+
+@pytest.mark.parametrize("method", ["gram", "eigh"])
 @pytest.mark.parametrize("shape", [(3, 48, 432), (2, 432, 48), (1, 40, 100)])
-def test_gram_newton_schulz_is_the_same_polynomial(shape):
-    # In float64 rounding is negligible, so the Gram form must give the standard iteration's result, to 1e-10.
+def test_gram_and_eigh_forms_are_the_same_polynomial(shape, method):
+    # In float64 rounding is negligible, so the Gram iteration and the quintic applied to the Gram matrix's
+    # eigenvalues must give the standard iteration's result, to 1e-10.
     torch.manual_seed(0)
     g = _spectrum(*shape, smallest=1e-3)
     ref = orthogonalize(g, dtype=torch.float64, method="standard")
-    out = orthogonalize(g, dtype=torch.float64, method="gram")
+    out = orthogonalize(g, dtype=torch.float64, method=method)
     assert (out - ref).norm() < 1e-10 * ref.norm()
     assert (ref - g / g.norm(dim=(-2, -1), keepdim=True)).norm() > 0.1 * ref.norm()  # the iteration did move it
 
@@ -70,11 +80,7 @@ def test_gram_newton_schulz_in_fp32_tracks_the_exact_iteration(shape, smallest):
     # fp32 is where `auto` takes the Gram form (CPUs without native bf16). Measured (2026-11-27) on momentum matrices
     # captured from real runs: <= 5e-5 from the float64 iteration; here, gradient-like spectra down to `smallest`.
     torch.manual_seed(0)
-    g = _spectrum(*shape, smallest=smallest)
-    exact = orthogonalize(g, dtype=torch.float64, method="standard")
-    out = orthogonalize(g, dtype=torch.float32, method="gram")
-    assert out.dtype == torch.float32
-    assert (out.double() - exact).norm() < 1e-4 * exact.norm()
+    assert _distance_from_exact(_spectrum(*shape, smallest=smallest), "gram", torch.float32) < 1e-4
 
 
 @pytest.mark.parametrize("amx", [True, False])
@@ -104,16 +110,6 @@ def test_auto_takes_gram_for_long_banks_in_fp32_and_eigh_for_large_bf16_banks_wi
         Muon([nn.Conv2d(4, 8, 3).weight], ns_method="svd")
 
 
-@pytest.mark.parametrize("shape", [(3, 48, 432), (2, 432, 48), (1, 40, 100)])
-def test_eigh_form_is_the_same_polynomial(shape):
-    # The quintic applied to the Gram matrix's eigenvalues is the iteration itself: equal to 1e-10 in float64.
-    torch.manual_seed(0)
-    g = _spectrum(*shape, smallest=1e-3)
-    ref = orthogonalize(g, dtype=torch.float64, method="standard")
-    out = orthogonalize(g, dtype=torch.float64, method="eigh")
-    assert (out - ref).norm() < 1e-10 * ref.norm()
-
-
 @pytest.mark.parametrize("smallest", [1e-2, 1e-3])
 @pytest.mark.parametrize("shape", [(2, 256, 2304), (2, 1024, 256)])
 def test_eigh_form_in_bf16_is_closer_to_the_exact_iteration_than_the_standard_one(shape, smallest):
@@ -123,11 +119,7 @@ def test_eigh_form_in_bf16_is_closer_to_the_exact_iteration_than_the_standard_on
     # both carry the error of rounding g to bf16 (0.03-0.07, even for an fp32 final product), and eigh ends lower.
     torch.manual_seed(0)
     g = _spectrum(*shape, smallest=smallest)
-    exact = orthogonalize(g, dtype=torch.float64, method="standard")
-    errors = {
-        method: ((orthogonalize(g, method=method).double() - exact).norm() / exact.norm()).item()
-        for method in ("standard", "eigh")
-    }
+    errors = {method: _distance_from_exact(g, method, torch.bfloat16) for method in ("standard", "eigh")}
     assert errors["eigh"] < errors["standard"] < 0.08, errors
 
 
