@@ -51,7 +51,9 @@ GRAM_DTYPES = (torch.float32, torch.float64)
 # ResNet-18's three 512 x 4608 banks took 329 -> 215 ms on a 2-core AVX2 CPU (benchmarks/RESULTS.md).
 GRAM_RESTART_EVERY = 3
 # The eigendecomposition route (`_eigh_newton_schulz`) for banks whose short side is at least this, in bf16 on CPUs
-# without AMX (AVX-512 BF16 only: bf16 products 2.2x fp32's there, against ~10x with AMX). On a 2-core EPYC of that
+# without AMX (AVX-512 BF16 only: bf16 products 2.2x fp32's there). With AMX the whole bf16 iteration of three
+# 512 x 4608 banks took 67.5 ms, about what its fp32 Gram matrix (~29 ms) and `eigh` (~37 ms) would cost, so AMX
+# keeps the iteration (an estimate from the eighth session's timings, not measured there). On a 2-core EPYC of that
 # kind, 3 x 512 x 4608 banks (ResNet-18/50's 3x3 convolutions at 512 channels) took 274 -> 141 ms, and all of
 # ResNet-50's banks 718 -> 508 ms; from 256 rows it won on long banks and was within 1.6 ms either way on square-ish
 # ones, and below 256 a stack costs < 7 ms in any form (benchmarks/RESULTS.md).

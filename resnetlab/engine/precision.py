@@ -41,7 +41,7 @@ def cpu_supports_bf16() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_amx() -> bool:
-    """True when the CPU has AMX tiles for bf16 (Sapphire Rapids and later), where bf16 products run ~10x fp32's."""
+    """True when the CPU has AMX tiles for bf16 (Sapphire Rapids and later): bf16 products 4x fp32's or more there."""
     return "amx_bf16" in cpu_flags()
 
 
