@@ -7,7 +7,7 @@ alternate between the two in one process, so machine drift hits both; the best o
     .venv/bin/python benchmarks/bench_optim.py                         # ResNet-18 at 96 px (the recipe), ResNet-50
     .venv/bin/python benchmarks/bench_optim.py --cases resnet18:64:96 --rounds 5
     .venv/bin/python benchmarks/bench_optim.py --fp32 --opts adamw,muon:standard,muon   # Gram Newton-Schulz's gain
-    .venv/bin/python benchmarks/bench_optim.py --opts adamw,muon:standard,muon   # on AVX-512 BF16 without AMX: eigh's
+    .venv/bin/python benchmarks/bench_optim.py --opts adamw,muon:standard,muon   # eigh's gain: AVX-512 BF16, no AMX
     python benchmarks/bench_optim.py --device cuda --cases resnet50:128:224   # on a GPU: bf16 autocast, cuDNN
 """
 

@@ -27,6 +27,12 @@ def cpu_flags() -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX tiles for bf16 (Sapphire Rapids and later): bf16 products 4x fp32's or more there."""
+    return "amx_bf16" in cpu_flags()
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
     try:
@@ -34,15 +40,8 @@ def cpu_supports_bf16() -> bool:
             return False
     except (AttributeError, RuntimeError):
         return False
-    flags = cpu_flags()
     # oneDNN emulates bf16 on plain AVX-512, which is slower than fp32: require the native instructions.
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_amx() -> bool:
-    """True when the CPU has AMX tiles for bf16 (Sapphire Rapids and later): bf16 products 4x fp32's or more there."""
-    return "amx_bf16" in cpu_flags()
+    return "avx512_bf16" in cpu_flags() or cpu_has_amx()
 
 
 def select_device(device: str | None = None) -> torch.device:
