@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Mapping
@@ -176,14 +177,12 @@ def load_tensors(path: str | os.PathLike, what: str = "weights file", map_locati
 
 def _load_failure(exc: Exception) -> str:
     text = str(exc).strip()
-    if "WeightsUnpickler error:" in text:  # the pickle stream holds what weights_only refuses
-        detail = text.split("WeightsUnpickler error:", 1)[1].strip()
-        if m := re.match(r"Unsupported global: GLOBAL (\S+)", detail):
-            return (
-                f"it pickles {m.group(1)}, and resnetlab loads tensors only, never pickled code: save the model's "
-                "state_dict instead"
-            )
-        return "not a PyTorch file: neither a torch.save zip nor a pickle of tensors"
+    not_torch = "not a PyTorch file: neither a torch.save zip nor a pickle of tensors"
+    if m := re.search(r"GLOBAL (\S+)", text):  # "Unsupported global: GLOBAL x" or "unsupported GLOBAL x whose module"
+        return (
+            f"it pickles {m.group(1)}, and resnetlab loads tensors only, never pickled code: save the model's "
+            "state_dict instead"
+        )
     if "TorchScript archive" in text:
         return (
             "a TorchScript export, for torch.jit.load in an application; resnetlab reads the run folder, its .pt "
@@ -191,6 +190,12 @@ def _load_failure(exc: Exception) -> str:
         )
     if "PytorchStreamReader failed" in text:
         return "a torn or truncated torch.save file: copy or download it again"
+    if isinstance(exc, EOFError):
+        return "empty or cut short: copy or download it again"
+    # torch's other refusals advise weights_only=False (running the file's code), which resnetlab never does; a text
+    # or foreign binary file fails in the unpickler with a bare KeyError or UnpicklingError.
+    if "weights_only" in text or isinstance(exc, (KeyError, pickle.UnpicklingError)):
+        return not_torch
     first = text.splitlines()[0] if text else type(exc).__name__
     return first[:200]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import shutil
 import threading
 from functools import partial
@@ -274,13 +275,22 @@ def test_wrong_architecture_names_the_keys(tmp_path):
         create_model("resnet18", pretrained=path)
 
 
+class _Shell:
+    def __reduce__(self):
+        return (os.system, ("echo unpickled",))
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
         ("junk.pth", b"not a torch file", "not a readable weights file .not a PyTorch file: neither a torch.save"),
-        ("empty.pt", b"", "not a readable weights file"),
+        ("empty.pt", b"", "not a readable weights file .empty or cut short: copy or download it again"),
+        ("notes.pt", b"hello\n", "not a readable weights file .not a PyTorch file"),  # KeyError in the unpickler
+        ("noise.pt", bytes(range(7, 107)), "not a readable weights file .not a PyTorch file"),
         ("torn.pt", "torn", "not a readable weights file .a torn or truncated torch.save file: copy or download it"),
         ("args.pt", "namespace", "not a readable weights file .it pickles argparse.Namespace, and resnetlab loads"),
+        # A module torch blocks outright words its refusal differently from an unknown class.
+        ("evil.pt", "system", "not a readable weights file .it pickles (posix|nt).system, and resnetlab loads tensors"),
         ("junk.safetensors", b"not safetensors", "not a readable safetensors file"),
     ],
 )
@@ -290,6 +300,8 @@ def test_unreadable_file(tmp_path, name, content, message):
     path = tmp_path / name
     if content == "namespace":  # a training script's options saved beside the weights: pickled code to torch.load
         torch.save({"state_dict": torchvision.models.resnet18().state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+    elif content == "system":  # would run a shell command if unpickled
+        torch.save({"state_dict": torchvision.models.resnet18().state_dict(), "hook": _Shell()}, path)
     elif content == "torn":
         torch.save(torchvision.models.resnet18().state_dict(), path)
         path.write_bytes(path.read_bytes()[:4096])
