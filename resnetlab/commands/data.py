@@ -38,7 +38,10 @@ def register(subparsers) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     from resnetlab.data.check import check_dataset, format_report, write_grid
+    from resnetlab.report import picture_path
 
+    if args.grid:
+        picture_path(args.grid, "--grid")
     result = check_dataset(args.dir, args.val_fraction, args.seed, args.val_dir, args.split_file, args.strict)
     print(format_report(result))
     if args.grid:

@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from resnetlab.explain import explain, save_explanation
     from resnetlab.predict import load
+    from resnetlab.report import picture_path
 
+    picture_path(args.out, "--out")
     # The default precision, as `predict` uses, so the printed score is the one `predict` prints; Grad-CAM's own
     # pass runs without autocast (fp32 gradients) whatever the classifier's precision.
     clf = load(args.checkpoint, device=args.device)

@@ -110,9 +110,12 @@ def write_csv(results: list[dict[str, Any]], path: str | os.PathLike, topk: int)
 def run(args: argparse.Namespace) -> int:
     from resnetlab.errors import ResnetlabError
     from resnetlab.predict import load
+    from resnetlab.report import picture_path
 
     if args.topk is not None and args.topk < 1:
         raise ResnetlabError(f"--topk {args.topk}: must be at least 1")
+    if args.grid:
+        picture_path(args.grid, "--grid")
     entries = expand_inputs(args.inputs)
     clf = load(args.checkpoint, device=args.device, amp=args.amp)
     topk = min(args.topk or (5 if len(clf.classes) >= 5 else 1), len(clf.classes))

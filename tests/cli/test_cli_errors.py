@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from resnetlab.cli import main
 from tests.engine.conftest import write_digits
 
@@ -27,3 +29,19 @@ def test_a_closed_pipe_ends_quietly():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "option", "name"),
+    [
+        (["explain", "no-run", "no.jpg", "--out", "cam.txt"], "--out", "'.txt' is not a picture type"),
+        (["predict", "no-run", "no.jpg", "--grid", "grid"], "--grid", "the name has no picture type"),
+        (["data", "check", "no-folder", "--grid", "grid.csv"], "--grid", "'.csv' is not a picture type"),
+    ],
+)
+def test_a_picture_name_matplotlib_cannot_write_fails_first(tmp_path, capsys, argv, option, name):
+    # Checked before anything runs: the run, the image and the folder named here do not exist, and their own errors
+    # would come later. matplotlib's ValueError after the model had run was a traceback.
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert f"error: {option} " in err and name in err and err.count("\n") == 1, err
