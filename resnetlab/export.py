@@ -34,6 +34,16 @@ from resnetlab.errors import ResnetlabError
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+_FORMAT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}
+# File endings that say which format a name holds: `--out model.pt` without --format means TorchScript, and a name of
+# one format with the other refused (ONNX bytes in a .pt fail much later, in whatever loads them).
+FORMAT_OF_SUFFIX = {
+    ".onnx": "onnx",
+    ".pt": "torchscript",
+    ".pth": "torchscript",
+    ".ts": "torchscript",
+    ".jit": "torchscript",
+}
 METADATA_FORMAT = "resnetlab-export"
 METADATA_KEY = "resnetlab"  # ONNX metadata_props key / TorchScript extra file holding the full JSON
 TORCHSCRIPT_EXTRA_FILE = "resnetlab.json"
@@ -355,6 +365,31 @@ def default_output(ckpt_path: Path, fmt: str) -> Path:
     return ckpt_path.with_name(ckpt_path.stem + SUFFIXES[fmt])
 
 
+def format_for(out: str | os.PathLike | None, fmt: str | None = None) -> str:
+    """The export format: `fmt` if given, else the one `out`'s ending names, else ONNX."""
+    if fmt:
+        return fmt
+    return FORMAT_OF_SUFFIX.get(Path(out).suffix.lower(), "onnx") if out else "onnx"
+
+
+def output_path(out: str | os.PathLike | None, ckpt_path: Path, fmt: str) -> Path:
+    """Where the export goes: `out`, a file of the default name inside `out` when it is a folder, or beside the
+    checkpoint; a name that says the other format is refused."""
+    if not out:
+        return default_output(ckpt_path, fmt)
+    path = Path(out)
+    if path.is_dir():
+        return path / default_output(ckpt_path, fmt).name
+    named = FORMAT_OF_SUFFIX.get(path.suffix.lower())
+    if named and named != fmt:
+        fix = path.with_name(path.stem + SUFFIXES[fmt]).name
+        raise ResnetlabError(
+            f"--out {path}: {_FORMAT_NAMES[named]} file name for {_FORMAT_NAMES[fmt]} export; name it {fix} or pass "
+            f"--format {named}"
+        )
+    return path
+
+
 def _exported_runner(fmt: str, path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
     """Load the written file back the way a user would; returns (batch -> logits, embedded metadata)."""
     if fmt == "onnx":
@@ -398,7 +433,7 @@ def export_model(
     ckpt_path = resolve_checkpoint_path(run_or_checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     images = resolve_check_images(check_images, ckpt)  # fail early, before the slow export
-    out = Path(out) if out else default_output(ckpt_path, fmt)
+    out = output_path(out, ckpt_path, fmt)
     partial = out.with_name(f".{out.name}.partial")  # written, checked, then renamed to `out`
     try:  # fail now, not after the slow export
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -443,7 +478,11 @@ def export_model(
         raise ResnetlabError(
             f"exported model disagrees with the checkpoint ({details}); kept for inspection as {failed}"
         )
-    os.replace(partial, out)
+    try:
+        os.replace(partial, out)
+    except OSError as exc:  # a folder created at `out` meanwhile, say: leave no hidden partial file behind
+        partial.unlink(missing_ok=True)
+        raise ResnetlabError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another --out") from exc
     sidecar = write_sidecar(out, {**exported_meta, "exporter": exporter, "parity": _parity_record(report)})
     return ExportResult(out, sidecar, fmt, exporter, report)
 

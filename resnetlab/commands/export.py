@@ -15,8 +15,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and leaves FILE.parity-failed instead of FILE when they disagree.",
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder (its best.pt) or checkpoint file")
-    p.add_argument("--format", dest="fmt", choices=("onnx", "torchscript"), default="onnx", help="(default: onnx)")
-    p.add_argument("--out", metavar="FILE", help="output file (default: beside the checkpoint, e.g. best.onnx)")
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("onnx", "torchscript"),
+        default=None,
+        help="(default: the one --out's ending names, .pt/.pth/.ts TorchScript; else onnx)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE_OR_DIR",
+        help="output file, or a folder to write it in (default: beside the checkpoint, e.g. best.onnx)",
+    )
     p.add_argument(
         "--dynamic-batch",
         action=argparse.BooleanOptionalAction,
@@ -34,11 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnetlab.export import export_model
+    from resnetlab.export import export_model, format_for
 
     result = export_model(
         args.checkpoint,
-        fmt=args.fmt,
+        fmt=format_for(args.out, args.fmt),
         out=args.out,
         dynamic_batch=args.dynamic_batch,
         opset=args.opset,

@@ -65,16 +65,19 @@ def test_onnx_export_metadata_and_parity(tiny_ckpt: Path, tiny_onnx: Path, check
 def test_torchscript_export(tiny_ckpt: Path, check_images: list[Path], tmp_path: Path, capsys) -> None:
     from resnetlab.export import load_torchscript
 
-    out = tmp_path / "model.torchscript.pt"
+    folder = tmp_path / "exports"
+    folder.mkdir()  # --out a folder: the file takes the checkpoint's name inside it
     code = main(
-        ["export", str(tiny_ckpt), "--format", "torchscript", "--out", str(out), "--check-images"]
+        ["export", str(tiny_ckpt), "--format", "torchscript", "--out", str(folder), "--check-images"]
         + [str(p) for p in check_images]
     )
     assert code == 0
+    out = folder / f"{tiny_ckpt.stem}.torchscript.pt"
     printed = capsys.readouterr().out
     assert "max |logit diff|" in printed and f"top-1 agreement {len(check_images)}/{len(check_images)}" in printed
+    assert sorted(p.name for p in folder.iterdir()) == [out.name, out.name + ".json"]  # no partial file left
     module, meta = load_torchscript(out)
-    assert meta["classes"] == json.loads((tmp_path / "model.torchscript.pt.json").read_text())["classes"]
+    assert meta["classes"] == json.loads((folder / (out.name + ".json")).read_text())["classes"]
     assert meta["default_cfg"]["crop_pct"] == 0.875
     batch = _batch(check_images, meta["default_cfg"])
     with torch.no_grad():
@@ -195,6 +198,11 @@ def test_export_and_load_errors(tiny_ckpt: Path, tiny_onnx: Path, tmp_path: Path
     err = capsys.readouterr().err
     assert f"--out {blocker / 'm.onnx'}: cannot write there" in err and "exporting" not in err
     assert "Traceback" not in err
+    # A name of the other format: refused before the export, with the name that would do.
+    assert main(["export", str(tiny_ckpt), "--format", "torchscript", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / 'm.onnx'}: an ONNX file name for a TorchScript export; name it m.torchscript.pt" in err
+    assert "exporting" not in err and not list(tmp_path.glob("*m.onnx*"))
 
     bare = onnx.load(str(tiny_onnx))
     del bare.metadata_props[:]
@@ -204,3 +212,14 @@ def test_export_and_load_errors(tiny_ckpt: Path, tiny_onnx: Path, tmp_path: Path
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ResnetlabError, match="not a readable ONNX model"):
         load_onnx(tmp_path / "junk.onnx")
+
+
+@pytest.mark.parametrize(
+    ("out", "fmt", "expected"),
+    [(None, None, "onnx"), ("m.onnx", None, "onnx"), ("m.pt", None, "torchscript"), ("m.PTH", None, "torchscript"),
+     ("m.ts", None, "torchscript"), ("exports", None, "onnx"), ("m.pt", "onnx", "onnx")],
+)  # fmt: skip
+def test_format_from_the_output_name(out, fmt, expected) -> None:
+    from resnetlab.export import format_for
+
+    assert format_for(out, fmt) == expected
