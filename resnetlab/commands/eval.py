@@ -71,7 +71,10 @@ def recorded_samples(record: dict[str, Any], split: str, where: str) -> EvalData
         raise ResnetlabError(f"{where}: the checkpoint records no dataset; pass the folder to evaluate on as DIR")
     splits = DatasetSplits.from_record(record)
     samples = _split_samples(splits, split, where)
-    return samples, list(splits.classes), list(splits.skipped), f"{split} split of {record.get('root', '?')}", split
+    described = f"{split} split of {record.get('root', '?')}"
+    if record.get("val_dir") and split == "val":  # trained with --val-dir: validation images came from there
+        described = f"validation folder {record['val_dir']}"
+    return samples, list(splits.classes), list(splits.skipped), described, split
 
 
 def map_labels(

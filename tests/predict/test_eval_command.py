@@ -136,3 +136,20 @@ def test_eval_without_a_recorded_dataset_asks_for_a_folder(capsys, tiny_run, tmp
     torch.save(ckpt, tmp_path / "nodata.pt")
     assert main(["eval", str(tmp_path / "nodata.pt")]) == 2
     assert "pass the folder" in capsys.readouterr().err
+
+
+def test_eval_of_a_run_trained_with_val_dir_names_that_folder(capsys, tiny_run, tiny_data, tmp_path):
+    from resnetlab.data.folder import make_splits
+
+    val = tmp_path / "val"
+    for class_dir in sorted(tiny_data.iterdir()):  # a separate validation folder of the same classes
+        (val / class_dir.name).mkdir(parents=True)
+        for photo in sorted(class_dir.iterdir())[:3]:
+            (val / class_dir.name / photo.name).symlink_to(photo)
+    ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
+    ckpt["data"] = make_splits(tiny_data, val_dir=val).record()
+    torch.save(ckpt, tmp_path / "valdir.pt")
+    assert main(["eval", str(tmp_path / "valdir.pt"), "--amp", "off", "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["num_samples"] == 9 and report["data"] == f"validation folder {val.resolve()}"
+    assert f"validation folder {val.resolve()}" in capsys.readouterr().out
