@@ -11,6 +11,7 @@ import importlib
 import os
 import signal
 import sys
+import warnings
 
 from resnetlab.errors import ResnetlabError
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # Pillow warns on opening an image between its pixel limit and twice it; every reader here refuses such a file
+    # itself with a one-line reason (`data.images`), so the multi-line warning would only repeat it.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")  # without importing PIL
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, where it is handled, rather than at the exit's flush

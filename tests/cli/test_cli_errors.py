@@ -45,3 +45,17 @@ def test_a_picture_name_matplotlib_cannot_write_fails_first(tmp_path, capsys, ar
     assert main(argv) != 0
     err = capsys.readouterr().err
     assert f"error: {option} " in err and name in err and err.count("\n") == 1, err
+
+
+def test_an_image_over_pillows_pixel_limit_is_reported_without_its_warning(tmp_path):
+    # Between Pillow's limit and twice it, Image.open warns (several lines on stderr) before resnetlab's own refusal.
+    from PIL import Image
+
+    data = write_digits(tmp_path / "data", {0: 4, 1: 4})
+    width = 12000
+    Image.new("L", (width, Image.MAX_IMAGE_PIXELS // width + 1)).save(data / "one" / "huge.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnetlab", "data", "check", str(data)], capture_output=True, text=True, timeout=120
+    )
+    assert "huge.png" in proc.stdout and "decompression bomb" in proc.stdout, proc.stdout
+    assert "DecompressionBombWarning" not in proc.stderr and "warnings.warn" not in proc.stderr, proc.stderr
