@@ -261,13 +261,30 @@ class _FillChunks(Dataset):
         return len(self.chunks[k])
 
 
-def default_workers() -> int:
-    """CPUs this process may use (affinity-aware), capped at 4: more rarely helps image decoding keep up."""
+def usable_cpus() -> int:
+    """CPUs this process may use (affinity-aware)."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """CPUs this process may use, capped at 4: more rarely helps image decoding keep up."""
+    return min(4, usable_cpus())
+
+
+def cap_workers(num_workers: int | None) -> int | None:
+    """An asked-for worker count, at most one per usable CPU (as Ultralytics caps it), with a warning when cut.
+
+    Each worker is a process holding a copy of the dataset's state: `--workers 999` on 2 cores started ~1,000 of them
+    and filled the machine's memory before the first batch. None (automatic) stays None.
+    """
+    cpus = usable_cpus()
+    if num_workers is None or num_workers <= cpus:
+        return num_workers
+    log.warning("warning: --workers %d: this process may use %d CPUs; using %d workers", num_workers, cpus, cpus)
+    return cpus
 
 
 def _seed_worker(worker_id: int) -> None:

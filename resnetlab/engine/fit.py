@@ -198,7 +198,7 @@ def build_data(
     cfg: TrainConfig, default_cfg: dict, info: ddp.DistInfo, precision: Precision, splits: Any = None
 ) -> RunData:
     from resnetlab.data.folder import make_splits
-    from resnetlab.data.loader import DeviceLoader, build_loader
+    from resnetlab.data.loader import DeviceLoader, build_loader, cap_workers
     from resnetlab.data.transforms import BatchNormalize, eval_transform_from_cfg
 
     if splits is None:
@@ -213,6 +213,7 @@ def build_data(
         return DeviceLoader(loader, normalize, precision.device, precision.memory_format)
 
     batch = ddp.per_rank_batch(cfg.batch_size, info)
+    workers = cap_workers(cfg.workers)
     labels = [label for _, label in splits.train]
     sampler, generators = train_sampler(labels, cfg, info)
     train_set = _dataset(splits.train, train_tf, cfg.cache)
@@ -221,7 +222,7 @@ def build_data(
         train_set,
         batch,
         shuffle=True,
-        num_workers=cfg.workers,
+        num_workers=workers,
         drop_last=_drop_last(len(train_set), batch, info, whole_batches=cfg.compile),
         sampler=sampler,
         seed=cfg.seed,
@@ -241,7 +242,7 @@ def build_data(
         val_sampler = ddp.ShardSampler(len(val_set), info) if info.enabled else None
         val_loader = on_device(
             build_loader(
-                val_set, batch, shuffle=False, num_workers=cfg.workers, sampler=val_sampler, device_type=device_type
+                val_set, batch, shuffle=False, num_workers=workers, sampler=val_sampler, device_type=device_type
             )
         )
     counts = torch.bincount(torch.tensor(labels), minlength=len(splits.classes)).tolist()

@@ -163,3 +163,13 @@ def test_cpu_training_from_a_full_cache_uses_no_workers(samples_of):
     assert loader_mod.auto_num_workers(ds, "cpu") == 0
     assert loader_mod.auto_num_workers(ds, "cuda") == expected
     assert loader_mod.auto_num_workers(ImageDataset(samples_of(6), train_tf), "cpu") == expected  # decoded every epoch
+
+
+@pytest.mark.parametrize(("asked", "expected"), [(None, None), (0, 0), (2, 2), (999, 2)])
+def test_workers_are_capped_at_the_usable_cpus(monkeypatch, caplog, asked, expected):
+    # `--workers 999` on 2 cores started ~1,000 processes; a count the CPUs can run is kept as asked.
+    monkeypatch.setattr(loader_mod.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    with caplog.at_level(logging.WARNING, logger=loader_mod.__name__):
+        assert loader_mod.cap_workers(asked) == expected
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == (["warning: --workers 999: this process may use 2 CPUs; using 2 workers"] if asked == 999 else [])
