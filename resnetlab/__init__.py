@@ -17,8 +17,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")
 
 
-def load(run_or_checkpoint: str, device: str | None = None):
-    """Load a trained classifier from a run folder, a checkpoint or an exported ONNX file."""
+def load(run_or_checkpoint: str, device: str | None = None, amp: str = "auto"):
+    """Load a trained classifier from a run folder, a checkpoint or an exported ONNX file.
+
+    `amp`: "auto" (bf16 on CPUs with native bf16, fp16/bf16 on CUDA), "bf16", "fp16" or "off" (fp32).
+    """
     from resnetlab.predict import load as _load
 
-    return _load(run_or_checkpoint, device=device)
+    return _load(run_or_checkpoint, device=device, amp=amp)

@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint file (.pt) or .onnx file")
     p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--topk", type=int, default=None, help="labels per image (default: 5, or 1 with under 5 classes)")
+    p.add_argument(
+        "--topk", "--top-k", type=int, default=None, help="labels per image (default: 5, or 1 with under 5 classes)"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument("--csv", metavar="FILE", help="also write the results as CSV")
     p.add_argument("--grid", metavar="FILE.png", help="also draw the images titled with their top prediction")

@@ -31,6 +31,7 @@ def test_load_run_folder_and_checkpoint_file(tiny_run, clf):
     same = load(tiny_run / "best.pt")
     assert same.classes == clf.classes
     assert repr(clf).startswith("Classifier(resnet20, 3 classes")
+    assert resnetlab.load(tiny_run, amp="off").precision.amp_dtype is None  # fp32 from the top-level API too
 
 
 def test_predict_shapes_and_scores(clf, tiny_data):
