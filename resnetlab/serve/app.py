@@ -359,6 +359,9 @@ def create_app(
         body = {"status": status, "uptime_s": round(time.time() - started, 1), "batching": batcher.stats()}
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
+    # Load balancers and uptime monitors often probe with HEAD, which a 405 would report as down.
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
     @app.get("/info", summary="The model, its classes and preprocessing, and this server's limits")
     async def info() -> dict[str, Any]:
         cfg = clf.default_cfg
@@ -370,7 +373,7 @@ def create_app(
             "batching": {"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000},
         }
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 

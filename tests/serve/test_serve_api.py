@@ -82,6 +82,7 @@ def test_topk(client, check_images) -> None:
 
 
 def test_health_info_openapi_page(client, tiny_ckpt) -> None:
+    assert client.head("/health").status_code == 200 and client.head("/").status_code == 200  # monitors' probes
     health = client.get("/health").json()
     assert health["status"] == "ok" and "mean_batch_size" in health["batching"]
     info = client.get("/info").json()
