@@ -92,6 +92,10 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+# Options naming a folder; `pretrained` may name a file too (or "imagenet").
+PATH_FIELDS = ("data", "val_dir", "out", "resume")
+
+
 @dataclass
 class TrainConfig:
     """All settings of `resnetlab train`; defaults are the from-scratch recipe measured in benchmarks/RESULTS.md."""
@@ -241,6 +245,14 @@ class TrainConfig:
         return "adamw" if self.pretrained else "muon"
 
     # ------------------------------------------------------------------ output
+    def with_absolute_paths(self) -> TrainConfig:
+        """The same config with its folders and files as absolute paths, as the run folder's config.yaml keeps them:
+        `--resume` then works from any directory (the path as typed was relative to where the run started)."""
+        changes = {k: str(Path(v).resolve()) for k in PATH_FIELDS if (v := getattr(self, k))}
+        if self.pretrained and Path(self.pretrained).exists():  # "imagenet" is a name, not a file
+            changes["pretrained"] = str(Path(self.pretrained).resolve())
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -538,6 +538,21 @@ def planned_epochs(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> int:
     return cfg.epochs
 
 
+def recorded_data_paths(cfg: TrainConfig, ckpt: dict[str, Any]) -> TrainConfig:
+    """A resumed config whose relative data folders are not where it looks takes the checkpoint's absolute ones.
+
+    Runs before config.yaml kept absolute paths saved the folders as typed, relative to where the run started, so
+    `--resume` from another directory looked in the wrong place.
+    """
+    record = ckpt.get("data") or {}
+    changes = {}
+    for key, recorded in (("data", record.get("root")), ("val_dir", record.get("val_dir"))):
+        value = getattr(cfg, key)
+        if value and recorded and not Path(value).is_absolute() and not Path(value).exists():
+            changes[key] = str(recorded)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
 class Trainer:
     """Holds one run's model, data, optimizer and bookkeeping; `fit` drives it epoch by epoch."""
 
@@ -555,6 +570,8 @@ class Trainer:
                 f" afresh with resnetlab train --config {Path(cfg.resume) / 'config.yaml'} --out {cfg.resume}"
             )
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
+        if ckpt is not None:
+            cfg = self.cfg = recorded_data_paths(cfg, ckpt)
         changed = check_resumed_options(cfg, ckpt) if ckpt is not None else []
         if changed:
             log(
@@ -617,7 +634,7 @@ class Trainer:
 
         self.writer = None
         if info.is_main:
-            cfg.to_yaml(self.run_dir / "config.yaml")
+            cfg.with_absolute_paths().to_yaml(self.run_dir / "config.yaml")
             write_class_indices(self.run_dir / "class_indices.json", self.splits.classes)
             self.writer = _summary_writer(self.run_dir)
         log(self.describe())

@@ -266,3 +266,26 @@ def test_resume_of_a_run_stopped_in_its_first_epoch_says_how_to_start_it_again(d
         + advice
     )
     assert main(advice.split()[1:]) == 0 and load_checkpoint(run / "last.pt")["epoch"] == 1  # the advice works
+
+
+def test_resume_from_another_directory(digits_dir, tmp_path, monkeypatch, capsys):
+    # A run started with relative paths (`train data --out runs/r`) resumes from anywhere: config.yaml keeps them
+    # absolute, and a run saved before that (relative data in its config.yaml) takes its checkpoint's data root.
+    import yaml
+
+    from resnetlab.cli import main
+
+    monkeypatch.chdir(digits_dir.parent)
+    flags = ["--model", "resnet20", "--img-size", "16", "--batch-size", "8", "--workers", "0", "--no-progress"]
+    assert main(["train", digits_dir.name, *flags, "--epochs", "1", "--out", "runs/r"]) == 0
+    run = digits_dir.parent / "runs" / "r"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"] == str(digits_dir.resolve()) and saved["out"] == str(run.resolve())
+    saved["data"] = digits_dir.name  # as runs saved before absolute paths had it
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0, capsys.readouterr().err
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(digits_dir.resolve())
