@@ -41,6 +41,7 @@ BOUNDS: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "mixup": (0, True, None, False),
     "cutmix": (0, True, None, False),
     "dropout": (0, True, 1, False),
+    "head": (1, True, None, False),
     "freeze_epochs": (0, True, None, False),
     "lr_mult": (0, False, None, False),
     "lr": (0, True, None, False),
@@ -196,11 +197,18 @@ class TrainConfig:
         for raw_key, value in values.items():
             key = str(raw_key).replace("-", "_")
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+                # Close to an option or to another tool's name for one ("lerning_rate" -> learning_rate -> lr).
+                near = difflib.get_close_matches(key.lower(), [*names, *KEY_ALIASES], n=3, cutoff=0.5)
+                close = list(dict.fromkeys(KEY_ALIASES.get(k, k) for k in near))
                 hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(names)}"
                 raise ResnetlabError(f"{source}: unknown key {raw_key!r}{hint}")
             updates[key] = _coerce(key, value, hints[key], source)
-        return dataclasses.replace(self, **updates).validate()
+        try:
+            return dataclasses.replace(self, **updates).validate()
+        except ResnetlabError as exc:  # earlier layers passed, so the value at fault came from this one
+            if source == "command line":
+                raise
+            raise ResnetlabError(f"{source}: {exc}") from None
 
     def validate(self) -> TrainConfig:
         for key, choices in CHOICES.items():
@@ -305,14 +313,45 @@ def parse_duration(value: str, option: str = "time") -> float:
 
 
 def parse_int_list(value: Any) -> list[int]:
-    """`"512,256"`, `[512, 256]`, `512` or `""` -> list of ints."""
+    """`"512,256"`, `[512, 256]`, `512` or `""` -> list of ints; anything else (`[512.7]`, `[true]`) a ValueError."""
     if value is None or value == "":
         return []
     if isinstance(value, str):
         value = [v for v in value.replace(" ", "").split(",") if v]
-    elif isinstance(value, int):
+    elif isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    return [int(v) for v in value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(value)
+    return [_strict_int(v) for v in value]
+
+
+def _strict_int(value: Any) -> int:
+    """An int from an int, an integral float or a numeric string; True, 1.9 or [1] are refused, not truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+# Names other tools use for resnetlab's options: suggested when an unknown key is one of them (Keras, timm, HF,
+# Ultralytics spellings).
+KEY_ALIASES = {
+    "learning_rate": "lr",
+    "lr0": "lr",
+    "weight_decay": "wd",
+    "optimizer": "opt",
+    "scheduler": "sched",
+    "lr_scheduler": "sched",
+    "imgsz": "img_size",
+    "image_size": "img_size",
+    "input_size": "img_size",
+    "batch": "batch_size",
+    "num_workers": "workers",
+    "early_stopping": "patience",
+    "warmup": "warmup_epochs",
+    "arch": "model",
+}
 
 
 def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
@@ -335,14 +374,17 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
                 if lowered not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
                     raise ValueError(value)
                 return lowered in ("true", "yes", "1", "on")
-            return bool(value)
+            if isinstance(value, bool) or value in (0, 1):  # YAML's true/false, or 0/1
+                return bool(value)
+            raise ValueError(value)
         if base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
+            return _strict_int(value)
+        # YAML gives bools, lists and mappings as such: str() or float() of them would pass a nonsense value on.
+        if isinstance(value, (bool, list, tuple, dict)):
+            raise ValueError(value)
         if base is float:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        name = getattr(base, "__name__", str(base))
+        name = "a list of integers" if typing.get_origin(base) is list else getattr(base, "__name__", str(base))
         raise ResnetlabError(f"{source}: {key} expects {name}, got {value!r}") from None

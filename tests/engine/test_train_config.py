@@ -59,6 +59,24 @@ def test_unknown_yaml_key_names_closest(tmp_path):
 def test_typo_suggestion():
     with pytest.raises(ResnetlabError, match="did you mean epochs"):
         TrainConfig.from_dict({"epoch": 3})
+    # Other tools' names for an option, and typos of them, point at resnetlab's.
+    for key in ("learning_rate", "lerning_rate", "lr0"):
+        with pytest.raises(ResnetlabError, match=f"unknown key '{key}'; did you mean lr[,?]"):
+            TrainConfig.from_dict({key: 0.1})
+    with pytest.raises(ResnetlabError, match="did you mean img_size"):
+        TrainConfig.from_dict({"imgsz": 64})
+
+
+def test_yaml_values_that_still_coerce():
+    cfg = TrainConfig.from_dict({"epochs": 3.0, "balanced_sampler": 1, "head": "512, 256", "seed": "7", "lr": 1})
+    assert (cfg.epochs, cfg.balanced_sampler, cfg.head, cfg.seed, cfg.lr) == (3, True, [512, 256], 7, 1.0)
+
+
+def test_a_bad_value_in_a_yaml_file_names_the_file(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("sched: Cosine\n")
+    with pytest.raises(ResnetlabError, match=r"run.yaml: sched 'Cosine': choose one of cosine"):
+        TrainConfig.from_yaml(cfg_file)
 
 
 @pytest.mark.parametrize(
@@ -79,6 +97,18 @@ def test_typo_suggestion():
         ({"milestones": [5, 0]}, r"milestones must be at least 1, got 0"),
         ({"seed": -1}, r"seed must be at least 0, got -1"),
         ({"img_size": 4}, r"img_size must be at least 8, got 4"),
+        ({"head": [512, 0]}, r"head must be at least 1, got 0"),  # an empty layer once crashed in BatchNorm
+        ({"head": -5}, r"head must be at least 1, got -5"),
+        # YAML's own types are not cast into nonsense: true is no epoch count, 512.7 no width, a list no folder.
+        ({"epochs": True}, r"epochs expects int, got True"),
+        ({"epochs": 2.5}, r"epochs expects int, got 2.5"),
+        ({"balanced_sampler": [1]}, r"balanced_sampler expects bool, got \[1\]"),
+        ({"head": [512.7]}, r"head expects a list of integers, got \[512.7\]"),
+        ({"milestones": [1.9]}, r"milestones expects a list of integers"),
+        ({"head": [512, "abc"]}, r"head expects a list of integers"),
+        ({"data": ["tn"]}, r"data expects str, got \['tn'\]"),
+        ({"model": {"name": "resnet18"}}, r"model expects str"),
+        ({"lr": True}, r"lr expects float, got True"),
     ],
 )
 def test_bad_values(values, needle):
