@@ -94,7 +94,7 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 
 
 # Options naming a folder; `pretrained` may name a file too (or "imagenet").
-PATH_FIELDS = ("data", "val_dir", "out", "resume")
+PATH_FIELDS = ("data", "val_dir", "split_file", "out", "resume")
 
 
 @dataclass
@@ -105,6 +105,9 @@ class TrainConfig:
     data: str | None = _f(None, "image folder with one sub-folder per class")
     val_fraction: float = _f(0.2, "fraction of each class held out for validation (ignored with --val-dir)")
     val_dir: str | None = _f(None, "separate validation folder with the same class sub-folders")
+    split_file: str | None = _f(
+        None, "a frozen split's file list (`resnetlab data split`: FILE_train.txt, with its _val/_test beside it)"
+    )
     img_size: int | None = _f(
         None, "training and evaluation resolution; None means the model's own (224 for ImageNet models)"
     )

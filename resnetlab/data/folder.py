@@ -270,7 +270,7 @@ def _read_split_file(list_file: Path, root: Path, by_name: dict[str, list[Path]]
                 missing.append((path, f"listed in {list_file.name} but not found"))
                 continue
             path = matches[0]
-        folder = path.relative_to(root).parts[0] if len(path.relative_to(root).parts) > 1 else None
+        folder = _class_of(path, root)
         if folder is None:
             raise ResnetlabError(f"{list_file}:{lineno}: {path} is not inside a class folder of {root}")
         if label is not None and label_to_folder.setdefault(label, folder) != folder:
@@ -281,10 +281,19 @@ def _read_split_file(list_file: Path, root: Path, by_name: dict[str, list[Path]]
     return out
 
 
+def _class_of(path: Path, root: Path) -> str | None:
+    """The class folder of a listed file: ROOT/<class>/..., or ROOT/<split>/<class>/... where ROOT holds split
+    folders (`resnetlab data split` of a train/val layout lists `train/ants/x.jpg`); None outside any."""
+    parts = path.relative_to(root).parts
+    if len(parts) > 2 and parts[0].lower() in _SPLIT_ALIASES and _split_dirs(root) is not None:
+        return parts[1]
+    return parts[0] if len(parts) > 1 else None
+
+
 def _by_folder(paths: list[Path], root: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = defaultdict(list)
     for p in paths:
-        out[p.relative_to(root).parts[0]].append(p)
+        out[_class_of(p, root)].append(p)
     return dict(out)
 
 
@@ -397,7 +406,7 @@ def make_splits(
         val_fraction=val_fraction,
         seed=seed,
         val_dir=Path(val_dir).resolve() if val_dir else None,
-        split_file=str(split_file) if split_file else None,
+        split_file=str(Path(split_file).resolve()) if split_file else None,  # the record is read from anywhere
         sizes=sizes,
     )
 

@@ -202,7 +202,9 @@ def build_data(
     from resnetlab.data.transforms import BatchNormalize, eval_transform_from_cfg
 
     if splits is None:
-        splits = make_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir)
+        splits = make_splits(
+            cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir, split_file=cfg.split_file
+        )
     size = min(default_cfg["input_size"][-2:])  # training crops are square; eval may keep the aspect ratio
     # Transforms stop at uint8; each batch is normalised once, on the training device (BatchNormalize).
     eval_tf = eval_transform_from_cfg(default_cfg, normalize=False)
@@ -452,7 +454,21 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
 # What a run is made of: its weights, optimizer state and phases only fit the values it started with.
 RESUME_FIXED = ("model", "head", "dropout", "mode", "freeze_epochs", "opt")
 # What only says where, how long or how visibly a run goes on: changing these on --resume is a plain continuation.
-RESUME_FREE = ("data", "epochs", "time", "resume", "out", "progress", "workers", "cache", "device", "pretrained")
+# Data folders may move between sessions (check_resumed_data compares the validation files themselves).
+RESUME_FREE = (
+    "data",
+    "val_dir",
+    "split_file",
+    "epochs",
+    "time",
+    "resume",
+    "out",
+    "progress",
+    "workers",
+    "cache",
+    "device",
+    "pretrained",
+)
 
 
 def check_resumed_options(cfg: TrainConfig, ckpt: dict[str, Any]) -> list[str]:
@@ -588,7 +604,9 @@ class Trainer:
         if cfg.mode != "finetune" and not cfg.pretrained:
             log(f"warning: --mode {cfg.mode} without --pretrained freezes a random backbone; use --mode finetune")
         seed_everything(cfg.seed)
-        self.splits = make_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir)
+        self.splits = make_splits(
+            cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, val_dir=cfg.val_dir, split_file=cfg.split_file
+        )
         if self.splits.num_classes < 2:  # as `resnetlab data check` judges it: nothing to tell apart
             raise ResnetlabError(
                 f"{cfg.data}: only 1 class folder ({self.splits.classes[0]}); a classifier needs at least 2: put each"
@@ -875,7 +893,7 @@ class Trainer:
             default_cfg=_plain(self.model.default_cfg),
             head=self.head_spec,
             data=self.splits.record(),
-            config=self.cfg.to_dict(),
+            config=self.cfg.with_absolute_paths().to_dict(),
             epoch=row["epoch"],
             best_acc=self.best_acc,
             metrics={**row, "best_epoch": self.best_epoch},

@@ -58,3 +58,17 @@ def test_split_writes_reusable_lists(tmp_path, capsys, make_class_tree):
     assert (tmp_path / "lists" / "s_val.txt").is_file()
     code = main(["data", "check", str(root), "--split-file", str(tmp_path / "lists" / "s_train.txt")])
     assert code == 0 and "train" in capsys.readouterr().out
+
+
+def test_split_lists_of_a_train_val_layout_round_trip(tmp_path, make_class_tree):
+    # ROOT/train/<class>, ROOT/val/<class>: the lists say `train/a/0.png`, whose class is `a`, not `train`.
+    from resnetlab.data.folder import make_splits
+
+    root = tmp_path / "ds"
+    make_class_tree(root / "train", {"a": 5, "b": 4})
+    make_class_tree(root / "val", {"a": 2, "b": 3})
+    assert main(["data", "split", str(root), "--out", str(tmp_path / "lists" / "s")]) == 0
+    frozen = make_splits(root, split_file=tmp_path / "lists" / "s_train.txt")
+    layout = make_splits(root)
+    assert frozen.classes == layout.classes == ["a", "b"]
+    assert sorted(frozen.train) == sorted(layout.train) and sorted(frozen.val) == sorted(layout.val)
