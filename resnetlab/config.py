@@ -209,7 +209,7 @@ class TrainConfig:
         try:
             return dataclasses.replace(self, **updates).validate()
         except ResnetlabError as exc:  # earlier layers passed, so the value at fault came from this one
-            if source == "command line":
+            if Path(source).suffix.lower() not in (".yaml", ".yml"):  # the command line, a dict, a recipe
                 raise
             raise ResnetlabError(f"{source}: {exc}") from None
 

@@ -347,7 +347,9 @@ def read_history(path: Path, epochs: int) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     with path.open(newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["epoch"]) <= epochs]
+        rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= epochs]
+    # As the rows were before writing: numbers, and "" where there was none (no validation split).
+    return [{k: v if v in ("", None) else int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in rows]
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -381,12 +383,17 @@ def make_criterion(cfg: TrainConfig, counts: list[int], device: torch.device) ->
 class RunFinished(Exception):
     """`--resume` of a run with no epoch left to train: nothing is trained or rewritten."""
 
-    def __init__(self, run_dir: Path, epoch: int, budget_bound: bool) -> None:
+    def __init__(self, run_dir: Path, epoch: int, budget_bound: bool, patience: int | None = None) -> None:
         why = (
             "the --time budget ended it; to train on, resume with a larger --time"
             if budget_bound
             else f"to train on, resume with --epochs above {epoch}"
         )
+        if patience is not None:
+            why = (
+                f"early stopping ended it, {patience} epochs without a better val accuracy; to train on, resume with"
+                f" --patience above {patience}, or 0 for none"
+            )
         super().__init__(
             f"{run_dir} already finished: last.pt holds its last epoch, {epoch}; nothing to resume ({why})"
         )
@@ -596,8 +603,8 @@ class Trainer:
             )
         self.budget = cfg.time_budget_s()
         self.epochs = planned_epochs(cfg, ckpt)
-        if ckpt and int(ckpt["epoch"]) >= self.epochs and (Path(cfg.resume) / "summary.json").exists():
-            raise RunFinished(Path(cfg.resume), int(ckpt["epoch"]), budget_bound=self.epochs < cfg.epochs)
+        if ckpt:
+            self._refuse_finished(cfg, ckpt)
         if not cfg.resume:
             refuse_taken_out(cfg)  # now, not after the set-up
 
@@ -659,6 +666,28 @@ class Trainer:
         self.epoch_seconds: list[tuple[str, float]] = []  # (phase kind, wall time) of each epoch in this process
         self.tail_seconds: float | None = None  # validating and saving the last epoch, for EpochCut
         self.mark = clock()
+
+    def _refuse_finished(self, cfg: TrainConfig, ckpt: dict[str, Any]) -> None:
+        """`RunFinished` when the resumed run has nothing left to train: its epochs are done, or early stopping ended
+        it and would again under this --patience. A summary.json older than last.pt (the process died between the
+        two) does not count: the run goes on, with no epoch left to train if so, and `finish` rewrites it."""
+        epoch, summary_path = int(ckpt["epoch"]), Path(cfg.resume) / "summary.json"
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            summary = None
+        if summary is None or int(summary.get("epochs_run", -1)) < epoch:
+            if summary is not None:
+                self.log(
+                    f"note: {summary_path} describes {summary.get('epochs_run')} epochs, last.pt {epoch}: the run"
+                    " stopped before writing it, so it is written again"
+                )
+            return
+        if epoch >= self.epochs:
+            raise RunFinished(Path(cfg.resume), epoch, budget_bound=self.epochs < cfg.epochs)
+        best_epoch = int(ckpt["metrics"].get("best_epoch", 0))
+        if summary.get("stopped_early") and cfg.patience and epoch - best_epoch >= cfg.patience:
+            raise RunFinished(Path(cfg.resume), epoch, budget_bound=False, patience=cfg.patience)
 
     def _prepare_model(self, model: nn.Module, ckpt: dict[str, Any] | None) -> None:
         """The model on its device and memory format, resumed weights, CPU kernels and the EMA copy."""
@@ -880,7 +909,7 @@ class Trainer:
         if replanned:
             self.log(replanned)
         if cfg.patience and epoch + 1 - self.best_epoch >= cfg.patience:
-            self.log(f"early stop: no better val accuracy for {cfg.patience} epochs")
+            self.log(f"early stop: no better val accuracy for {cfg.patience} epoch{'s' if cfg.patience > 1 else ''}")
             self.stopped_early = True
         return self.stopped_early
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from resnetlab.report.fonts import configure_fonts
 
@@ -31,6 +32,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: 
         ax.plot(epochs, _series(rows, f"train_{metric}"), "o-", label="train", markersize=3)
         ax.plot(epochs, _series(rows, f"val_{metric}"), "s-", label="val", markersize=3)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5 on a short run's axis
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -289,3 +289,34 @@ def test_resume_from_another_directory(digits_dir, tmp_path, monkeypatch, capsys
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0, capsys.readouterr().err
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
     assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(digits_dir.resolve())
+
+
+def test_a_summary_older_than_last_pt_is_written_again(digits_dir, tmp_path):
+    # The process died between saving the last epoch and writing summary.json (a closed pipe, a kill): resuming
+    # rewrites the summary from last.pt and history.csv instead of reporting the stale one as finished.
+    run = tmp_path / "run"
+    cfg = tiny_config(digits_dir, run, epochs=2)
+    first = fit(cfg, log=lambda _: None)
+    stale = {**first, "epochs_run": 1, "best_val_acc": 0.0, "best_epoch": 1}
+    (run / "summary.json").write_text(json.dumps(stale))
+    said: list[str] = []
+    again = fit(cfg.merge({"resume": str(run)}), log=said.append)
+    assert any("describes 1 epochs, last.pt 2" in line for line in said), said
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2  # nothing trained
+    assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(again))
+    for key in ("epochs_run", "best_epoch", "best_val_acc", "final_val_acc"):
+        assert again[key] == first[key], key
+
+
+def test_an_early_stopped_run_stays_stopped_unless_patience_grows(digits_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(digits_dir, run, epochs=10, lr=0.0, warmup_epochs=0, patience=2)  # lr 0: never improves
+    assert fit(cfg, log=lambda _: None)["epochs_run"] == 3
+    said: list[str] = []
+    fit(cfg.merge({"resume": str(run)}), log=said.append)
+    assert said == [
+        f"{run} already finished: last.pt holds its last epoch, 3; nothing to resume (early stopping ended it, 2"
+        " epochs without a better val accuracy; to train on, resume with --patience above 2, or 0 for none)"
+    ]
+    longer = fit(cfg.merge({"resume": str(run), "patience": 4}), log=lambda _: None)
+    assert longer["epochs_run"] == 5 and longer["stopped_early"]
