@@ -451,6 +451,10 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
             log(str(done))
         return json.loads(done.summary_path.read_text())
     except KeyboardInterrupt as exc:
+        if hasattr(signal, "SIGCHLD"):
+            # A scheduler's SIGTERM to the process group kills the loader workers too; PyTorch's SIGCHLD handler
+            # would then raise while the loaders are collected, a traceback after the line below.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
         code = 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130  # the shell's codes for each signal
         raise ResnetlabError(interrupted_message(trainer, cfg, stopped), exit_code=code) from None

@@ -78,16 +78,25 @@ def full_and_resumed(data: Path, tmp_path: Path, kill_at: int, **overrides) -> t
     return load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
 
 
-def sigterm_after(cmd: list[str], prefix: str, env: dict | None = None) -> tuple[int, str]:
-    """Run `cmd`, send it SIGTERM once a stdout line starts with `prefix`; returns (exit code, stderr)."""
+def sigterm_after(cmd: list[str], prefix: str, env: dict | None = None, group: bool = False) -> tuple[int, str]:
+    """Run `cmd`, send it SIGTERM once a stdout line starts with `prefix`; returns (exit code, stderr).
+
+    `group`: to its whole process group (its loader workers too), as `timeout` and batch schedulers do.
+    """
+    import os
     import signal
     import subprocess
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=group
+    )
     try:
         for line in proc.stdout:
             if line.startswith(prefix):
-                proc.send_signal(signal.SIGTERM)
+                if group:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                else:
+                    proc.send_signal(signal.SIGTERM)
                 break
         _, err = proc.communicate(timeout=120)
     finally:

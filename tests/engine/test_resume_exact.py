@@ -122,6 +122,15 @@ def test_sigterm_to_the_cli_prints_one_line_and_keeps_last_pt(digits_dir, tmp_pa
     ]
 
 
+def test_sigterm_to_the_process_group_with_loader_workers_prints_one_line(digits_dir, tmp_path):
+    # The workers die of the same SIGTERM; PyTorch's SIGCHLD handler once added a traceback when they were collected.
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "resnetlab", "train", str(digits_dir), "--model", "resnet20", "--img-size", "16"]
+    cmd += ["--epochs", "50", "--batch-size", "8", "--workers", "1", "--cache", "none", "--out", str(run)]
+    code, err = sigterm_after(cmd, "epoch   1/", group=True)
+    assert code == 143 and len(err.splitlines()) == 1 and "terminated;" in err, err
+
+
 def test_resuming_a_finished_run_rewrites_nothing_and_says_so(digits_dir, tmp_path):
     run = tmp_path / "run"
     cfg = tiny_config(digits_dir, run, epochs=2)
