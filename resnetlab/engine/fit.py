@@ -1,7 +1,8 @@
 """`fit(cfg)`: the epoch loop behind `resnetlab train`, and the run folder it writes.
 
 Run folder: config.yaml, class_indices.json, best.pt (by val accuracy), last.pt, history.csv, curves.png,
-TensorBoard event files and summary.json. Only rank 0 writes it under torchrun.
+TensorBoard event files and summary.json; .lock is held by the one process writing it (`run_lock`). Only rank 0
+writes it under torchrun.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from resnetlab.engine.optim import (
     set_train_mode,
 )
 from resnetlab.engine.precision import Precision, inference_mode, resolve_precision
+from resnetlab.engine.run_lock import RunLock
 from resnetlab.engine.run_state import capture_rng, restore_rng, seed_epoch, seed_everything
 from resnetlab.engine.train import fresh_bn_stats, progress_enabled, train_one_epoch
 from resnetlab.errors import ResnetlabError
@@ -438,8 +440,8 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     info = ddp.init_distributed(cfg.device)
     trainer = None
     try:
-        with sigterm_stops_like_ctrl_c():
-            trainer = Trainer(cfg, info, log if info.is_main else (lambda _msg: None))
+        with sigterm_stops_like_ctrl_c(), ExitStack() as cleanup:  # cleanup: the run folder's lock
+            trainer = Trainer(cfg, info, log if info.is_main else (lambda _msg: None), cleanup)
             epoch = trainer.start_epoch
             while epoch < trainer.epochs:  # a --time budget may move the end after each epoch
                 if trainer.run_epoch(epoch):
@@ -583,7 +585,9 @@ def recorded_data_paths(cfg: TrainConfig, ckpt: dict[str, Any]) -> TrainConfig:
 class Trainer:
     """Holds one run's model, data, optimizer and bookkeeping; `fit` drives it epoch by epoch."""
 
-    def __init__(self, cfg: TrainConfig, info: ddp.DistInfo, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, cfg: TrainConfig, info: ddp.DistInfo, log: Callable[[str], None], cleanup: ExitStack | None = None
+    ) -> None:
         from resnetlab.data.folder import make_splits, write_class_indices
 
         if not cfg.data:
@@ -657,6 +661,10 @@ class Trainer:
         # A new run's folder is made once its data, model and loaders are ready: bad input leaves no empty folder.
         run_dir = Path(cfg.resume) if cfg.resume else (make_run_dir(cfg) if info.is_main else None)
         self.run_dir = Path(ddp.broadcast_object(str(run_dir), info))
+        if info.is_main:  # before anything is written; `fit` releases it however the run ends
+            self.lock = RunLock(self.run_dir).acquire()
+            if cleanup is not None:
+                cleanup.callback(self.lock.release)
 
         self._restore_bookkeeping(ckpt)
         self.train_seconds, self.train_images, self.stopped_early = 0.0, 0, False

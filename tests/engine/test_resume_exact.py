@@ -264,6 +264,7 @@ def test_resume_of_a_run_stopped_in_its_first_epoch_says_how_to_start_it_again(d
     with pytest.raises(Killed):
         fit(tiny_config(digits_dir, run, epochs=1), log=stop_at_start)
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith("events")) == [
+        ".lock",  # free again: the process that held it has let go
         "class_indices.json",
         "config.yaml",
     ]
@@ -329,3 +330,26 @@ def test_an_early_stopped_run_stays_stopped_unless_patience_grows(digits_dir, tm
     ]
     longer = fit(cfg.merge({"resume": str(run), "patience": 4}), log=lambda _: None)
     assert longer["epochs_run"] == 5 and longer["stopped_early"]
+
+
+def test_a_run_folder_has_one_writer_at_a_time(digits_dir, tmp_path):
+    # A `--resume` started while the run still trains would interleave checkpoints and history rows: refused.
+    import subprocess
+
+    run = tmp_path / "run"
+    cfg = tiny_config(digits_dir, run, epochs=1)
+    fit(cfg, log=lambda _: None)
+    holder = subprocess.Popen(  # another process holding the folder's lock, as a training run does
+        [sys.executable, "-c", "import sys, time; from resnetlab.engine.run_lock import RunLock; "
+         f"lock = RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ResnetlabError, match=rf"{run}: another resnetlab train \(pid {holder.pid}\) is writing"):
+            fit(cfg.merge({"resume": str(run), "epochs": 2}), log=lambda _: None)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1  # nothing written while it was held
+    assert fit(cfg.merge({"resume": str(run), "epochs": 2}), log=lambda _: None)["epochs_run"] == 2  # free again

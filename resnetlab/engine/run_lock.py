@@ -1,0 +1,54 @@
+"""One writer per run folder: `resnetlab train` holds an exclusive lock on RUN/.lock while it trains into RUN.
+
+Two processes on one folder (a `--resume` started while the run still trains) interleave their checkpoints and
+history rows. The lock is `flock` on an open file, so the kernel drops it when its process ends, however it ends:
+nothing stale is left to clean up. Where `fcntl` is missing (Windows) there is no lock.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from resnetlab.errors import ResnetlabError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """`acquire()` the folder or fail with a one-line error naming the process that holds it; `release()` after."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        if fcntl is None or self.fd is not None:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ResnetlabError(
+                f"{self.path.parent}: another resnetlab train (pid {holder}) is writing this run folder; wait for it"
+                " to end or stop it, then resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the file drops the lock
+            self.fd = None
+
+    def __del__(self) -> None:  # a Trainer made outside `fit` (tests) lets go when it is collected
+        self.release()
