@@ -122,8 +122,12 @@ def format_report(result: CheckResult, max_listed: int = 20) -> str:
         )
     cross = result.cross_split_duplicates
     lines.append(f"duplicates: {len(result.duplicates)} group(s) of identical files, {len(cross)} across splits")
-    for group in cross[:max_listed]:
+    # Across splits first (they leak into validation), then within one (a photo counted twice, or in two classes).
+    listed = cross + [g for g in result.duplicates if g not in cross]
+    for group in listed[:max_listed]:
         lines.append("  " + "  =  ".join(f"[{split}] {path}" for split, path in group))
+    if len(listed) > max_listed:
+        lines.append(f"  ... and {len(listed) - max_listed} more")
     if s.skipped:
         lines.append("skipped:")
         lines += [f"  {path}: {reason}" for path, reason in s.skipped[:max_listed]]

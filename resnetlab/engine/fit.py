@@ -616,6 +616,15 @@ class Trainer:
         if not cfg.resume:
             refuse_taken_out(cfg)  # now, not after the set-up
 
+        late = [m for m in cfg.milestones if m >= self.epochs] if cfg.sched == "multistep" else []
+        if cfg.sched == "step" and cfg.step_size and cfg.step_size >= self.epochs:
+            late = [cfg.step_size]
+        if late:
+            flag = "--milestones" if cfg.sched == "multistep" else "--step-size"
+            log(
+                f"warning: {flag} {','.join(map(str, late))}: the rate never drops there in a run of {self.epochs}"
+                " epochs; give epochs below that"
+            )
         if cfg.mode != "finetune" and not cfg.pretrained:
             log(f"warning: --mode {cfg.mode} without --pretrained freezes a random backbone; use --mode finetune")
         seed_everything(cfg.seed)

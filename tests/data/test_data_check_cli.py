@@ -16,6 +16,7 @@ def test_check_usable_with_grid(tmp_path, capsys, make_class_tree):
     assert "猫" in out and "ok: usable" in out
     assert "imbalance: 1.3x (dog 4 / 猫 3)" in out  # with the copy 5 dogs and 4 cats, one of each held out
     assert "1 group(s) of identical files" in out
+    assert "dog_000.jpg" in out and "copy.jpg" in out  # which files, even within one split
     assert Image.open(grid).size[0] > 100
 
 

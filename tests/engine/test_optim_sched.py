@@ -124,3 +124,24 @@ def test_multistep_milestones_and_nesterov_switch():
     assert default[19] == 1.0 and default[20] == pytest.approx(0.1) and default[30] == pytest.approx(0.01)
     groups = param_groups([(nn.Linear(2, 2), 0.1)], 0.0)
     assert build_optimizer("sgd", groups, 0.1, 0.9, nesterov=False).param_groups[0]["nesterov"] is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "warned"),
+    [
+        ({"sched": "multistep", "milestones": [1, 5]}, "warning: --milestones 5: the rate never drops there in a run"),
+        ({"sched": "step", "step_size": 3}, "warning: --step-size 3: the rate never drops there in a run of 3 epochs"),
+        ({"sched": "multistep", "milestones": [2]}, None),
+    ],
+)
+def test_decays_beyond_the_run_are_warned(digits_dir, tmp_path, flags, warned):
+    from resnetlab.engine.fit import fit
+    from tests.engine.conftest import tiny_config
+
+    lines: list[str] = []
+    fit(tiny_config(digits_dir, tmp_path / "run", epochs=3, **flags), log=lines.append)
+    found = [line for line in lines if line.startswith("warning: --")]
+    if warned is None:
+        assert found == [], lines
+    else:
+        assert len(found) == 1 and found[0].startswith(warned), lines
