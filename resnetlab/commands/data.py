@@ -28,6 +28,11 @@ def register(subparsers) -> None:
     check.add_argument("--grid", default=None, metavar="FILE.png", help="write a sample grid image")
     check.add_argument("--per-class", type=int, default=4, help="images per class in the grid (default 4)")
     check.add_argument("--strict", action="store_true", help="corrupt files or cross-split duplicates are errors")
+    check.add_argument(
+        "--decode",
+        action="store_true",
+        help="decode every image in full, as Keras' and fastai's verify_images do (slower; headers only without it)",
+    )
     check.set_defaults(func=run_check)
 
     split = sub.add_parser("split", help="write the train/val split as list files, usable with --split-file")
@@ -42,7 +47,9 @@ def run_check(args: argparse.Namespace) -> int:
 
     if args.grid:
         picture_path(args.grid, "--grid")
-    result = check_dataset(args.dir, args.val_fraction, args.seed, args.val_dir, args.split_file, args.strict)
+    result = check_dataset(
+        args.dir, args.val_fraction, args.seed, args.val_dir, args.split_file, args.strict, decode=args.decode
+    )
     print(format_report(result))
     if args.grid:
         print(f"grid: {write_grid(result.splits, args.grid, per_class=max(1, args.per_class))}")

@@ -56,6 +56,33 @@ def find_duplicates(splits: DatasetSplits) -> list[list[tuple[str, Path]]]:
     return sorted(groups, key=lambda g: g[0][1].as_posix())
 
 
+def decode_all(splits: DatasetSplits) -> None:
+    """Decode every usable image in full (what `open_image` does in training); failures move to `splits.skipped`.
+
+    Headers and end markers miss damage inside the pixel data (a corrupt PNG IDAT chunk, a JPEG with a garbled
+    scan); training would report those one by one, mid-epoch, and use another image in their place. Decoding runs
+    in threads: Pillow releases the GIL while it decodes.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from resnetlab.data.images import ImageError, open_image
+    from resnetlab.data.loader import default_workers
+
+    def reason(path: Path) -> str | None:
+        try:
+            open_image(path)
+        except ImageError as exc:
+            return exc.reason
+        return None
+
+    for name in SPLIT_NAMES:
+        samples = splits.split(name)
+        with ThreadPoolExecutor(default_workers()) as pool:
+            reasons = list(pool.map(reason, [p for p, _ in samples]))
+        splits.skipped += [(p, why) for (p, _), why in zip(samples, reasons) if why]
+        samples[:] = [s for s, why in zip(samples, reasons) if not why]  # in place: `split` returns the list
+
+
 def check_dataset(
     root: str | os.PathLike,
     val_fraction: float = 0.2,
@@ -63,9 +90,13 @@ def check_dataset(
     val_dir: str | os.PathLike | None = None,
     split_file: str | os.PathLike | None = None,
     strict: bool = False,
+    decode: bool = False,
 ) -> CheckResult:
-    """Scan and judge `root`. Layout errors (empty class folder, val class missing from train) raise."""
+    """Scan and judge `root` (`decode`: every image decoded in full, not only its header). Layout errors (empty
+    class folder, val class missing from train) raise."""
     splits = make_splits(root, val_fraction=val_fraction, seed=seed, val_dir=val_dir, split_file=split_file)
+    if decode:
+        decode_all(splits)
     result = CheckResult(splits, duplicates=find_duplicates(splits))
     if splits.num_classes < 2:
         result.problems.append(f"only {splits.num_classes} class ({', '.join(splits.classes)}); need at least 2")
@@ -82,6 +113,10 @@ def check_dataset(
         )
     if result.cross_split_duplicates:
         result.notes.append("identical files in train and val/test inflate the measured accuracy; remove the copies")
+    if mixed := [g for g in result.duplicates if len({p.parent.name for _, p in g}) > 1]:
+        result.notes.append(
+            f"{len(mixed)} group(s) of identical files lie in different class folders: the same photo under two labels"
+        )
     return result
 
 

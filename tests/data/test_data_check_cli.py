@@ -17,6 +17,10 @@ def test_check_usable_with_grid(tmp_path, capsys, make_class_tree):
     assert "imbalance: 1.3x (dog 4 / 猫 3)" in out  # with the copy 5 dogs and 4 cats, one of each held out
     assert "1 group(s) of identical files" in out
     assert "dog_000.jpg" in out and "copy.jpg" in out  # which files, even within one split
+    assert "different class folders" not in out  # both copies are dogs
+    shutil.copy(root / "dog" / "dog_001.jpg", root / "猫" / "also-a-cat.jpg")
+    assert main(["data", "check", str(root)]) == 0
+    assert "note: 1 group(s) of identical files lie in different class folders" in capsys.readouterr().out
     assert Image.open(grid).size[0] > 100
 
 
@@ -73,3 +77,20 @@ def test_split_lists_of_a_train_val_layout_round_trip(tmp_path, make_class_tree)
     layout = make_splits(root)
     assert frozen.classes == layout.classes == ["a", "b"]
     assert sorted(frozen.train) == sorted(layout.train) and sorted(frozen.val) == sorted(layout.val)
+
+
+def test_decode_finds_damage_inside_the_pixel_data(tmp_path, capsys, make_class_tree):
+    import numpy as np
+
+    root = make_class_tree(tmp_path / "ds", {"a": 4, "b": 4})
+    bad = root / "a" / "zz.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(bad)
+    data = bytearray(bad.read_bytes())
+    start = data.index(b"IDAT") + 200  # inside the compressed pixels; the header and IEND stay intact
+    data[start : start + 64] = bytes(64)
+    bad.write_bytes(bytes(data))
+    assert main(["data", "check", str(root)]) == 0
+    assert "zz.png" not in capsys.readouterr().out  # the header check cannot see it
+    assert main(["data", "check", str(root), "--decode", "--strict"]) == 2
+    out = capsys.readouterr().out
+    assert f"{bad}: " in out and "1 skipped" in out
