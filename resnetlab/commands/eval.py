@@ -96,6 +96,24 @@ def map_labels(
     return [(path, index[data_classes[label]]) for path, label in samples]
 
 
+def mistakes(paths: list[str], scores: Any, labels: Any, classes: list[str]) -> list[dict[str, Any]]:
+    """Every wrong prediction, most confident first: what mistakes.png draws the top of, for a script to read."""
+    probs = scores.exp()  # (N, K) from log-probabilities
+    confidence, predicted = probs.max(dim=1)
+    wrong = (predicted != labels).nonzero().flatten().tolist()
+    wrong.sort(key=lambda i: -float(confidence[i]))
+    return [
+        {
+            "path": paths[i],
+            "label": classes[int(labels[i])],
+            "predicted": classes[int(predicted[i])],
+            "score": round(float(confidence[i]), 6),
+            "label_score": round(float(probs[i, labels[i]]), 6),
+        }
+        for i in wrong
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -147,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         "precision": clf.precision.describe(),
         "tta": args.tta,
         **report,
+        "mistakes": mistakes([paths[i] for i in ok], scores, labels, clf.classes),
         "failed": [{"path": paths[i], "error": reason} for i, reason in failed],
         "skipped": [{"path": str(p), "error": reason} for p, reason in skipped],
     }

@@ -64,7 +64,17 @@ def test_eval_default_split_agrees_with_hand_count(capsys, tiny_run, tmp_path):
     report = json.loads((out / "eval.json").read_text())
     splits = DatasetSplits.from_record(load_checkpoint(tiny_run)["data"])
     assert len(splits.val) == report["num_samples"] > 0
-    check_against_hand_count(report, *hand_predictions(tiny_run, splits.val))
+    preds, truth, nll = hand_predictions(tiny_run, splits.val)
+    check_against_hand_count(report, preds, truth, nll)
+    # Every wrong prediction, most confident first, with both classes named.
+    wrong = {
+        str(p): (report["classes"][t], report["classes"][q]) for (p, _), q, t in zip(splits.val, preds, truth) if q != t
+    }
+    listed = report["mistakes"]
+    assert wrong, "the tiny model makes mistakes, so the list is tested"
+    assert {m["path"]: (m["label"], m["predicted"]) for m in listed} == wrong and len(listed) == len(wrong)
+    assert [m["score"] for m in listed] == sorted((m["score"] for m in listed), reverse=True)
+    assert all(m["score"] >= m["label_score"] for m in listed)
     assert report["top5"] is None  # 3 classes
     for name in ("cardboard", "glass", "metal", "macro avg", "weighted avg", "top-1"):
         assert name in printed
