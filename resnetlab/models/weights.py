@@ -322,8 +322,34 @@ def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         if keys
     ]
     if problems:
-        raise ResnetlabError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(problems)})")
+        fits = models_that_fit(state)
+        hint = f"; they fit {', '.join(fits)}: pass --model {fits[0]}" if fits else ""
+        raise ResnetlabError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(problems)}){hint}")
     return state, result
+
+
+def models_that_fit(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Registered models whose weights have exactly `state`'s names and shapes, the classifier aside (any width).
+
+    Only on the error path: building every model on the meta device (no memory, no initialisation) takes ~2 s.
+    """
+    from resnetlab.models._registry import create_model, list_models
+
+    def body(names_shapes: Mapping[str, Any], heads: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in names_shapes.items() if not k.startswith(heads)}
+
+    fits = []
+    for name in list_models():
+        try:
+            with torch.device("meta"):
+                candidate = create_model(name, num_classes=2)
+        except Exception:  # a model that cannot be built this way is simply not suggested
+            continue
+        heads = _head_prefixes(candidate)
+        expected = candidate.state_dict()
+        if body(_convert_cifar(dict(state), expected), heads) == body(expected, heads):
+            fits.append(name)
+    return fits
 
 
 # ------------------------------------------------------------------------------------------------------ loading

@@ -271,8 +271,11 @@ def test_grey_input_sums_rgb_stem(tmp_path, tv_resnet18):
 def test_wrong_architecture_names_the_keys(tmp_path):
     path = tmp_path / "r34.pth"
     torch.save(torchvision.models.resnet34().state_dict(), path)
-    with pytest.raises(ResnetlabError, match=r"r34.pth: weights do not fit .*unexpected: layer1\.2\.conv1\.weight"):
+    with pytest.raises(
+        ResnetlabError, match=r"r34.pth: weights do not fit .*unexpected: layer1\.2\.conv1\.weight"
+    ) as err:
         create_model("resnet18", pretrained=path)
+    assert str(err.value).endswith("; they fit resnet34: pass --model resnet34")  # which model the file is for
 
 
 class _Shell:
