@@ -582,6 +582,20 @@ def recorded_data_paths(cfg: TrainConfig, ckpt: dict[str, Any]) -> TrainConfig:
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
+def late_decay_warning(cfg: TrainConfig, epochs: int) -> str | None:
+    """A warning when a step schedule would decay the rate at or after the run's last epoch, that is never."""
+    late = [m for m in cfg.milestones if m >= epochs] if cfg.sched == "multistep" else []
+    if cfg.sched == "step" and cfg.step_size and cfg.step_size >= epochs:
+        late = [cfg.step_size]
+    if not late:
+        return None
+    flag = "--milestones" if cfg.sched == "multistep" else "--step-size"
+    return (
+        f"warning: {flag} {','.join(map(str, late))}: the rate never drops there in a run of {epochs} epochs; use"
+        f" {'milestones' if cfg.sched == 'multistep' else 'a step'} below {epochs}"
+    )
+
+
 class Trainer:
     """Holds one run's model, data, optimizer and bookkeeping; `fit` drives it epoch by epoch."""
 
@@ -616,15 +630,8 @@ class Trainer:
         if not cfg.resume:
             refuse_taken_out(cfg)  # now, not after the set-up
 
-        late = [m for m in cfg.milestones if m >= self.epochs] if cfg.sched == "multistep" else []
-        if cfg.sched == "step" and cfg.step_size and cfg.step_size >= self.epochs:
-            late = [cfg.step_size]
-        if late:
-            flag = "--milestones" if cfg.sched == "multistep" else "--step-size"
-            log(
-                f"warning: {flag} {','.join(map(str, late))}: the rate never drops there in a run of {self.epochs}"
-                " epochs; give epochs below that"
-            )
+        if warning := late_decay_warning(cfg, self.epochs):
+            log(warning)
         if cfg.mode != "finetune" and not cfg.pretrained:
             log(f"warning: --mode {cfg.mode} without --pretrained freezes a random backbone; use --mode finetune")
         seed_everything(cfg.seed)
