@@ -94,6 +94,7 @@ class LoadResult:
     source: str
     skipped: list[str] = field(default_factory=list)  # file keys left out (a head of another size, unused aux heads)
     adapted: list[str] = field(default_factory=list)  # stem convs summed/tiled to the model's in_chans
+    fresh: list[str] = field(default_factory=list)  # model modules the file has no weights for (GoogLeNet's aux heads)
 
 
 # ----------------------------------------------------------------------------------------------------- hashing
@@ -284,7 +285,10 @@ def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     for prefix in heads:
         in_file = [k for k in state if k.startswith(prefix)]
         in_model = {k: v for k, v in expected.items() if k.startswith(prefix)}
-        if not in_file or not in_model or all(k in in_model and state[k].shape == in_model[k].shape for k in in_file):
+        headless = prefix == heads[0] and in_file and not in_model  # num_classes=0: features only, as timm drops it
+        if not headless and (
+            not in_file or not in_model or all(k in in_model and state[k].shape == in_model[k].shape for k in in_file)
+        ):
             continue  # same head, or one the model lacks (named as unexpected below, or dropped as unused aux)
         for key in in_file:
             result.skipped.append(key)
@@ -295,6 +299,10 @@ def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
             for key in [k for k in state if k.startswith(aux)]:
                 result.skipped.append(key)
                 del state[key]
+        elif not any(k.startswith(aux) for k in state) and any(k.startswith("conv1.") for k in state):
+            # torchvision's own GoogLeNet state dict drops its aux heads: ours train them from scratch instead.
+            state.update({k: v for k, v in expected.items() if k.startswith(aux)})
+            result.fresh.append(aux.rstrip("."))
 
     stem = getattr(model, "default_cfg", {}).get("first_conv")
     key = f"{stem}.weight"
@@ -389,6 +397,9 @@ def load_pretrained(model: nn.Module, arch: str, pretrained: str | os.PathLike, 
             head = meta["head"]
             replace_head(model, num_classes, hidden=head.get("hidden", ()), dropout=head.get("dropout", 0.0))
         cfg = meta.get("default_cfg")
+        known = IMAGENET_WEIGHTS.get(arch)
+        if known is not None and path.name == known.file:  # the ImageNet file, fetched by hand as offline users do
+            cfg, model_attrs = cfg or known.cfg, known.model_attrs  # GoogLeNet's transform_input, V2 crops
 
     state, result = match_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)
@@ -398,12 +409,15 @@ def load_pretrained(model: nn.Module, arch: str, pretrained: str | os.PathLike, 
     if cfg:
         model.default_cfg = _merge_cfg(getattr(model, "default_cfg", {}), cfg)
     if result.skipped:
+        kept = f"keeps its fresh {num_classes}-class head" if num_classes else "has no classifier (num_classes=0)"
         log.warning(
-            "%s: skipped %d keys (a head of another size, or aux heads the model lacks); the model keeps its fresh "
-            "%d-class head: %s", path.name, len(result.skipped), num_classes, ", ".join(result.skipped),
+            "%s: skipped %d keys (a head of another size, or aux heads the model lacks); the model %s: %s",
+            path.name, len(result.skipped), kept, ", ".join(result.skipped),
         )  # fmt: skip
     if result.adapted:
         log.warning("%s: adapted the RGB stem %s to the model's input channels", path.name, ", ".join(result.adapted))
+    if result.fresh:
+        log.warning("%s: no weights for %s in the file; they start fresh", path.name, " and ".join(result.fresh))
     return result
 
 

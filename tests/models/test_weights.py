@@ -261,6 +261,42 @@ def test_googlenet_heads_and_aux_heads_replaced(tmp_path):
     assert result.skipped and all(k.startswith(("aux1.", "aux2.")) for k in result.skipped)
 
 
+def test_googlenet_file_without_aux_heads_trains_them_fresh(tmp_path):
+    # torchvision's pretrained GoogLeNet state dict has no aux1/aux2 (it deletes them); ours start those fresh.
+    tv = torchvision.models.googlenet(aux_logits=False, init_weights=False).state_dict()
+    path = tmp_path / "googlenet-noaux.pth"
+    torch.save(tv, path)
+    model = create_model("googlenet", num_classes=6)
+    result = W.load_pretrained(model, "googlenet", path, num_classes=6)
+    assert result.fresh == ["aux1", "aux2"] and model.aux1 is not None
+    _assert_same_tensors(model.state_dict(), tv, [k for k in tv if not k.startswith("fc.")])
+
+
+def test_the_imagenet_file_passed_by_path_gets_its_preprocessing(tmp_path, monkeypatch):
+    # Offline users fetch googlenet-<hash>.pth by hand and pass it: it needs transform_input=True, as when downloaded.
+    monkeypatch.setitem(
+        W.IMAGENET_WEIGHTS, "googlenet", dataclasses.replace(W.IMAGENET_WEIGHTS["googlenet"], file="googlenet-in1k.pth")
+    )
+    tv = torchvision.models.googlenet(transform_input=True, aux_logits=False, init_weights=True).eval()
+    torch.save(tv.state_dict(), tmp_path / "googlenet-in1k.pth")
+    model = create_model("googlenet", pretrained=tmp_path / "googlenet-in1k.pth", aux_logits=False).eval()
+    assert model.transform_input and model.default_cfg["crop_pct"] == W.IMAGENET_WEIGHTS["googlenet"].cfg["crop_pct"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x))
+    torch.save(tv.state_dict(), tmp_path / "other-name.pth")  # another name: the file is not recognised
+    assert not create_model("googlenet", pretrained=tmp_path / "other-name.pth", aux_logits=False).transform_input
+
+
+def test_a_headless_model_drops_the_files_classifier(tmp_path, tv_resnet18):
+    # timm's feature-extractor pattern: create_model(name, num_classes=0, pretrained=...).
+    path = tmp_path / "tv.pth"
+    torch.save(tv_resnet18, path)
+    model = create_model("resnet18", num_classes=0, pretrained=path).eval()
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 512)
+    _assert_same_tensors(model.state_dict(), tv_resnet18, [k for k in tv_resnet18 if not k.startswith("fc.")])
+
+
 def test_grey_input_sums_rgb_stem(tmp_path, tv_resnet18):
     path = tmp_path / "tv.pth"
     torch.save(tv_resnet18, path)
