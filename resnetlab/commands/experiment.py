@@ -83,10 +83,12 @@ def run_degradation_command(args: argparse.Namespace) -> int:
 
 
 def run_convert_command(args: argparse.Namespace) -> int:
-    from resnetlab.data.cifar10 import checkpoint_from_cifar_weights
+    from resnetlab.data.cifar10 import checkpoint_from_cifar_weights, converted_name
+    from resnetlab.errors import ResnetlabError
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ResnetlabError(f"--out {args.out}: a file; give the folder to write the converted checkpoints in")
     for weights in args.weights:
-        name = Path(weights).name.split(".", 1)[0] + ".pt"
-        path = checkpoint_from_cifar_weights(weights, Path(args.out) / name)
+        path = checkpoint_from_cifar_weights(weights, Path(args.out) / converted_name(weights))
         print(f"wrote {path}  (resnetlab predict {path} IMAGES...)")
     return 0

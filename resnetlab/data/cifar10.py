@@ -51,6 +51,7 @@ MD5 = "c58f30108f718f92721af3b95e74349a"
 TARBALL = "cifar-10-python.tar.gz"
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_HASHED = re.compile(r"^.+-[0-9a-f]{8,64}$")  # a hub-style name: <name>-<sha256 prefix>
 TEST_BATCH = "test_batch"
 META = "batches.meta"
 IMAGES_DIR = "images"  # the materialised class folders, inside the cache folder
@@ -314,11 +315,15 @@ def dataset_name(data: str | os.PathLike | None) -> str | None:
 # ------------------------------------------------------------------------------------------- real checkpoints
 
 
-def _cifar_depth(state: dict[str, Any]) -> int:
-    """6n+2 from the number of blocks in `layer1` of a CIFAR ResNet state dict."""
+def _cifar_depth(state: dict[str, Any], source: str | os.PathLike = "weights") -> int:
+    """6n+2 from the number of blocks in `layer1` of a CIFAR ResNet state dict (3 stages, a 16-filter 3x3 stem)."""
     blocks = {k.split(".")[1] for k in state if k.startswith("layer1.")}
-    if not blocks:
-        raise ResnetlabError("no layer1.* keys: not a CIFAR ResNet state dict")
+    stem = state.get("conv1.weight")
+    if not blocks or any(k.startswith("layer4.") for k in state) or stem is None or tuple(stem.shape) != (16, 3, 3, 3):
+        raise ResnetlabError(
+            f"{source}: not a CIFAR-10 ResNet file (akamaster's resnet20/32/44/56/110 .th: a 16-filter 3x3 stem and"
+            " three stages); ImageNet-style weights go to train --pretrained"
+        )
     return 6 * len(blocks) + 2
 
 
@@ -335,7 +340,7 @@ def cifar_weights_checkpoint(weights: str | os.PathLike, arch: str | None = None
 
     weights = Path(weights).expanduser()
     state, _ = read_weights(weights)
-    arch = arch or f"resnet{_cifar_depth(state)}"
+    arch = arch or f"resnet{_cifar_depth(state, weights)}"
     model = create_model(arch, num_classes=len(CLASSES), pretrained=str(weights))
     return model_payload(arch, model, list(CLASSES), data={"dataset": NAME, "weights": weights.name})
 
@@ -345,10 +350,18 @@ def checkpoint_from_cifar_weights(
 ) -> Path:
     """Convert a CIFAR-10 ResNet file into a resnetlab checkpoint for `resnetlab predict/eval/export`.
 
-    `out` defaults to `<name>.pt` in the current folder (`resnet20-12fca82f.th` -> `resnet20-12fca82f.pt`).
+    `out` defaults to `converted_name(weights)` in the current folder.
     """
     from resnetlab.engine.checkpoint import save_checkpoint
 
     weights = Path(weights)
-    out = Path(out) if out is not None else Path(weights.name.split(".", 1)[0] + ".pt")
-    return save_checkpoint(out, cifar_weights_checkpoint(weights, arch))
+    return save_checkpoint(
+        Path(out) if out is not None else converted_name(weights), cifar_weights_checkpoint(weights, arch)
+    )
+
+
+def converted_name(weights: str | os.PathLike) -> Path:
+    """`resnet20-12fca82f.th` -> `resnet20-cifar10.pt`: the source's sha256 prefix would not match the new file, and
+    loading it (`--pretrained`) checks a name's hash against the content."""
+    stem = Path(weights).name.split(".", 1)[0]
+    return Path(f"{stem.rsplit('-', 1)[0] if _HASHED.match(stem) else stem}-cifar10.pt")

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from resnetlab.data import cifar10
+from resnetlab.models import create_model
 
 # ---------------------------------------------------------------------------------- reference: akamaster's layout
 
@@ -123,8 +125,18 @@ def test_predicts_real_photos_through_the_cli(shared, tmp_path, capsys):
     files = [str(_weights(shared, d)) for d in DEPTHS]
     assert main(["experiment", "convert-cifar10", *files, "--out", str(tmp_path)]) == 0
     converted = sorted(tmp_path.glob("resnet*.pt"))
-    assert [p.name.split("-")[0] for p in converted] == [f"resnet{d}" for d in DEPTHS]
+    assert [p.name for p in converted] == sorted(f"resnet{d}-cifar10.pt" for d in DEPTHS)
     capsys.readouterr()
+    # The converted file is also a starting point for training (its name carries no stale sha256 prefix).
+    model = create_model(f"resnet{DEPTHS[0]}", num_classes=10, pretrained=tmp_path / f"resnet{DEPTHS[0]}-cifar10.pt")
+    assert model.fc.out_features == 10
+    # An ImageNet-style file is not a CIFAR one, and --out must be a folder.
+    tv = tmp_path / "tv.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), tv)
+    assert main(["experiment", "convert-cifar10", str(tv), "--out", str(tmp_path)]) == 2
+    assert "tv.pth: not a CIFAR-10 ResNet file" in capsys.readouterr().err
+    assert main(["experiment", "convert-cifar10", files[0], "--out", str(tv)]) == 2
+    assert "--out " in capsys.readouterr().err
 
     for ckpt in converted:
         assert main(["predict", str(ckpt), str(images / "chelsea.png"), str(images / "rocket.jpg"), "--json"]) == 0
