@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -33,7 +34,46 @@ Prediction = list[dict[str, Any]]  # [{"label": str, "score": float}, ...] best 
 
 
 def _is_single(images: Any) -> bool:
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        return images.ndim in (2, 3)  # (H, W), (H, W, C) or (C, H, W); 4-D is a batch
     return isinstance(images, (str, os.PathLike, Image.Image))
+
+
+def _array_image(array: np.ndarray | torch.Tensor) -> Image.Image:
+    """An in-memory image as PIL: a numpy (H, W) or (H, W, C) array, or a torch (C, H, W) tensor, as torchvision's
+    `to_pil_image` reads them; floats are taken as 0..1."""
+    from torchvision.transforms.functional import to_pil_image
+
+    if isinstance(array, np.ndarray) and array.dtype.kind == "f":
+        array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
+    if isinstance(array, torch.Tensor) and array.is_floating_point():
+        array = array.detach().cpu().clamp(0, 1)
+    try:
+        return to_pil_image(array.detach().cpu() if isinstance(array, torch.Tensor) else array)
+    except (TypeError, ValueError) as exc:
+        raise ResnetlabError(f"an image array of shape {tuple(array.shape)}: {exc}") from None
+
+
+def _as_items(images: Any) -> list[ImageInput]:
+    """Paths, PIL images and arrays as `predict` takes them, one list entry per image: a folder becomes its image
+    files (as `resnetlab predict DIR` reads it), a 4-D array or tensor its images."""
+    from resnetlab.data.images import is_image_file
+
+    items = [images] if _is_single(images) else list(images)
+    out: list[ImageInput] = []
+    for item in items:
+        if isinstance(item, (np.ndarray, torch.Tensor)):
+            out += [_array_image(a) for a in (item if item.ndim == 4 else [item])]
+        elif isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
+            out += sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and is_image_file(p))
+        elif isinstance(item, (str, os.PathLike, Image.Image)):
+            out.append(item)
+        else:
+            raise ResnetlabError(
+                f"cannot predict a {type(item).__name__}: pass image paths or folders, PIL images, (H, W, C) arrays "
+                "or (C, H, W) tensors"
+            )
+    return out
 
 
 def _describe(item: ImageInput) -> str:
@@ -215,11 +255,14 @@ class Classifier:
         batch_size: int | None = None,
         tta: bool = False,
     ) -> list[Prediction]:
-        """Top-k predictions for each image (paths or PIL images; one or many): always a list with one entry per image.
+        """Top-k predictions for each image, always a list with one entry per image. Images: paths, folders (their
+        image files, sorted), PIL images, numpy (H, W, C) arrays or torch (C, H, W) tensors (4-D: a batch of them).
 
         An unreadable file raises `ResnetlabError`; use `predict_paths` to get per-file errors instead.
         """
-        items = [images] if _is_single(images) else list(images)
+        if topk < 1:
+            raise ResnetlabError(f"topk {topk}: must be at least 1")
+        items = _as_items(images)
         scores, _, failed = self.scores_for(items, batch_size, tta)
         if failed:
             index, reason = failed[0]

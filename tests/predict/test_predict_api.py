@@ -128,3 +128,25 @@ def test_load_errors(tmp_path):
         (tmp_path / "model.onnx").write_bytes(b"not really onnx")
         with pytest.raises(ResnetlabError, match="ONNX"):
             load(tmp_path / "model.onnx")
+
+
+def test_arrays_tensors_and_folders_predict_like_the_images_they_hold(clf, tiny_data):
+    import numpy as np
+    from torchvision.transforms.functional import pil_to_tensor
+
+    path = sorted((tiny_data / "glass").glob("*.jpg"))[0]
+    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    expected = clf.predict(image, topk=3)[0]
+    array = np.asarray(image)  # (H, W, 3) uint8, as PIL and OpenCV users hold photos
+    tensor = pil_to_tensor(image)  # (3, H, W) uint8
+    for given in (array, array.astype(np.float32) / 255, tensor, tensor.float() / 255):
+        got = clf.predict(given, topk=3)
+        assert len(got) == 1 and [p["label"] for p in got[0]] == [p["label"] for p in expected]
+    assert len(clf.predict(np.stack([array, array]))) == 2  # (N, H, W, C): a batch
+    assert len(clf.predict(tensor[None].repeat(3, 1, 1, 1))) == 3
+    folder = clf.predict(tiny_data / "glass")  # a folder: its images, sorted, as `resnetlab predict DIR` reads it
+    assert len(folder) == len(list((tiny_data / "glass").glob("*.jpg")))
+    with pytest.raises(ResnetlabError, match="cannot predict a dict: pass image paths"):
+        clf.predict([{"x": 1}])
+    with pytest.raises(ResnetlabError, match="topk 0: must be at least 1"):
+        clf.predict(image, topk=0)
