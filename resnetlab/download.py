@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from http.client import HTTPException
 from pathlib import Path
 
 from resnetlab.errors import ResnetlabError
+from resnetlab.paths import atomic_temp
 
 DOWNLOAD_TIMEOUT_S = 30.0
 CHUNK = 1 << 20
@@ -56,7 +56,7 @@ def _fetch(url: str, dst: Path, expected: str, algorithm: str, mismatch: str, pr
     from tqdm import tqdm
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+    fd, tmp = atomic_temp(dst, ".part")
     digest = hashlib.new(algorithm, usedforsecurity=False)
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:

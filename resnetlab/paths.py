@@ -26,3 +26,18 @@ def cache_root() -> Path:
     """resnetlab's cache folder (datasets, compiled kernels): env `RESNETLAB_CACHE`, else `~/.cache/resnetlab`."""
     root = os.environ.get(CACHE_ENV)
     return Path(root).expanduser() if root else Path.home() / ".cache" / "resnetlab"
+
+
+def atomic_temp(dst: Path, suffix: str) -> tuple[int, str]:
+    """(fd, path) of a temp file beside `dst` for a write-then-rename, with the mode a plain `open` would give.
+
+    `mkstemp` makes its files 0600 (owner only); renamed into place, a checkpoint or a downloaded file would then be
+    unreadable to the group that reads the rest of the run folder.
+    """
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp

@@ -22,7 +22,6 @@ A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts only, so `
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch import nn
 
 from resnetlab.errors import ResnetlabError
 from resnetlab.models.weights import load_tensors
+from resnetlab.paths import atomic_temp
 
 FORMAT = "resnetlab-checkpoint"
 VERSION = 1
@@ -72,7 +72,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = atomic_temp(path, ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)

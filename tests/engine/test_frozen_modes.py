@@ -82,3 +82,16 @@ def test_checkpoint_save_is_atomic(tmp_path):
         pass
     assert load_checkpoint(path)["epoch"] == 1  # the old file survives a failed save
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # and no temp file is left behind
+
+
+def test_checkpoints_get_the_mode_a_plain_write_gets(tmp_path):
+    # The temp file behind the atomic rename is 0600 (mkstemp); the checkpoint must read like the run's other files.
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "best.pt", {"epoch": 1, "model": {"w": torch.ones(2)}})
+        (tmp_path / "history.csv").write_text("epoch\n")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "best.pt").stat().st_mode & 0o777 == (tmp_path / "history.csv").stat().st_mode & 0o777 == 0o644
