@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -53,14 +54,20 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
 def create_model(
     name: str,
     num_classes: int | None = None,
-    pretrained: str | None = None,
+    pretrained: str | os.PathLike | bool | None = None,
     in_chans: int = 3,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model; `pretrained` is "imagenet", a weights file path, or None.
+    """Build a registered model; `pretrained` is "imagenet" (or True, as in timm), a weights file path, or None.
 
-    `num_classes=None` keeps the architecture's own default: 1000 (ImageNet) for most, 10 for the CIFAR ResNets.
+    `num_classes=None` keeps the architecture's own default: 1000 (ImageNet) for most, 10 for the CIFAR ResNets;
+    0 leaves out the classifier (features only).
     """
+    for arg, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ResnetlabError(f"{arg}={value!r}: a whole number, at least {low}")
+    if pretrained is True:
+        pretrained = "imagenet"
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = get_builder(name)(in_chans=in_chans, **kwargs)

@@ -49,6 +49,32 @@ def test_unknown_model_names_the_closest() -> None:
         create_model("resnet05")
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_classes": "6"}, "num_classes='6': a whole number, at least 0"),
+        ({"num_classes": -1}, "num_classes=-1: a whole number, at least 0"),
+        ({"num_classes": True}, "num_classes=True"),
+        ({"in_chans": 0}, "in_chans=0: a whole number, at least 1"),
+    ],
+)
+def test_bad_build_arguments_are_one_line(kwargs, message) -> None:
+    # They once reached PyTorch (a TypeError deep in a layer) or built a model with a negative-width head.
+    with pytest.raises(ResnetlabError, match=message):
+        create_model("resnet18", **kwargs)
+
+
+def test_pretrained_true_means_imagenet(monkeypatch) -> None:
+    from resnetlab.models import weights
+
+    asked = []
+    monkeypatch.setattr(
+        weights, "load_pretrained", lambda model, arch, pretrained, num_classes: asked.append(pretrained)
+    )
+    create_model("resnet18", pretrained=True)  # timm's spelling
+    assert asked == ["imagenet"]
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_model_interface(name: str) -> None:
     model = build(name).eval()
