@@ -650,6 +650,14 @@ class Trainer:
         self._prepare_model(model, ckpt)
         self.data = build_data(cfg, model.default_cfg, info, self.precision, self.splits)
         self.cached = uses_feature_cache(cfg, info)
+        if cfg.mode == "frozen" and cfg.cache_features and not self.cached and not info.enabled:
+            random = [f"--augment {cfg.augment}"] if cfg.augment != "none" else []
+            random += [f"--{k} {v}" for k, v in (("mixup", cfg.mixup), ("cutmix", cfg.cutmix)) if v]
+            log(
+                f"note: with {' and '.join(random)} each epoch's inputs differ, so the frozen backbone runs every"
+                " epoch; --augment none (no mixup) computes its features once and trains the head on them in"
+                " milliseconds"
+            )
         # Cached features are (B, F) vectors: no channels_last for the head.
         self.step_precision = (
             dataclasses.replace(self.precision, channels_last=False) if self.cached else self.precision

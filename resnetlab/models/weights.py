@@ -330,15 +330,17 @@ def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         if keys
     ]
     if problems:
-        fits = models_that_fit(state)
+        fits = models_that_fit(state, Path(source).name)
         hint = f"; they fit {', '.join(fits)}: pass --model {fits[0]}" if fits else ""
         raise ResnetlabError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(problems)}){hint}")
     return state, result
 
 
-def models_that_fit(state: Mapping[str, torch.Tensor]) -> list[str]:
+def models_that_fit(state: Mapping[str, torch.Tensor], file_name: str = "") -> list[str]:
     """Registered models whose weights have exactly `state`'s names and shapes, the classifier aside (any width).
 
+    A model named in `file_name` comes first: `resnet56-4bfd9763.th` also fits `plain56`, whose parameter-free
+    shortcuts leave the same weights.
     Only on the error path: building every model on the meta device (no memory, no initialisation) takes ~2 s.
     """
     from resnetlab.models._registry import create_model, list_models
@@ -355,9 +357,11 @@ def models_that_fit(state: Mapping[str, torch.Tensor]) -> list[str]:
             continue
         heads = _head_prefixes(candidate)
         expected = candidate.state_dict()
-        if body(_convert_cifar(dict(state), expected), heads) == body(expected, heads):
+        converted = _convert_cifar(dict(state), expected)
+        _fill_batch_counts(converted, expected)  # CIFAR files predate BatchNorm's counter
+        if body(converted, heads) == body(expected, heads):
             fits.append(name)
-    return fits
+    return sorted(fits, key=lambda name: name not in file_name.lower())  # stable: registry order otherwise
 
 
 # ------------------------------------------------------------------------------------------------------ loading

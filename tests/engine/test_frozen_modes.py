@@ -28,8 +28,10 @@ def _changed(before: dict, after: dict) -> set[str]:
 def test_frozen_trains_only_head_and_keeps_bn_stats(digits_dir, tmp_path):
     cfg = tiny_config(digits_dir, tmp_path / "run", mode="frozen", augment="light", epochs=2)
     start = _pretrained_file(tmp_path, cfg)
-    summary = fit(cfg.merge({"pretrained": start}), log=print)
+    lines: list[str] = []
+    summary = fit(cfg.merge({"pretrained": start}), log=lines.append)
     assert not summary["feature_cache"]  # random augmentation: the backbone sees new inputs every epoch
+    assert any(line.startswith("note: with --augment light each epoch's inputs differ") for line in lines), lines
     before = torch.load(start, weights_only=True)
     after = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     # Backbone weights AND BN running_mean/var/num_batches_tracked unchanged; only the head learned.

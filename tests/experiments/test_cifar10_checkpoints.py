@@ -157,3 +157,10 @@ def _open_image(path: Path):
     from resnetlab.data.images import open_image
 
     return open_image(path)
+
+
+def test_a_file_for_another_depth_names_it(shared):
+    from resnetlab.errors import ResnetlabError
+
+    with pytest.raises(ResnetlabError, match=r"they fit resnet56, plain56: pass --model resnet56$"):
+        create_model("resnet20", pretrained=_weights(shared, 56))
