@@ -104,7 +104,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ckpt = load_tensors(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ResnetlabError(
-            f"{path}: not a resnetlab checkpoint (no 'format' key); for plain weights use --pretrained {path}"
+            f"{path}: not a resnetlab checkpoint (no 'format' key); plain weights are a starting point for training:"
+            f" resnetlab train DIR --model ARCH --pretrained {path}"
         )
     return ckpt
 

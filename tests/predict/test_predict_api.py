@@ -124,6 +124,9 @@ def test_load_errors(tmp_path):
         load(tmp_path / "missing_run")
     with pytest.raises(ResnetlabError, match="no such ONNX file"):
         load(tmp_path / "model.onnx")
+    torch.save({"fc.weight": torch.zeros(2, 4)}, tmp_path / "plain.pth")  # weights alone: a start for training
+    with pytest.raises(ResnetlabError, match=r"not a resnetlab checkpoint .*: resnetlab train DIR --model ARCH --pre"):
+        load(tmp_path / "plain.pth")
     if importlib.util.find_spec("resnetlab.onnx_runtime") is None:
         (tmp_path / "model.onnx").write_bytes(b"not really onnx")
         with pytest.raises(ResnetlabError, match="ONNX"):
