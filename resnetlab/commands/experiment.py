@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "is measured on the augmented images during each epoch, as in the paper's curves.",
     )
     d.add_argument("data", metavar="DIR|cifar10", help="image folder with one sub-folder per class, or cifar10")
-    d.add_argument("--depths", default="20,56", help="comma-separated depths 6n+2 (default: 20,56)")
+    d.add_argument("--depths", default="20,56", help="comma-separated depths of 20, 32, 44, 56, 110 (default: 20,56)")
     d.add_argument(
         "--epochs",
         type=int,
