@@ -40,6 +40,7 @@ class Summary:
     model_name: str = ""
     depth: int = 2  # rows deeper than this are hidden by str()
     param_bytes: int = field(default=0)
+    not_run: list[tuple[str, int]] = field(default_factory=list)  # (name, params) of children the forward skipped
 
     @property
     def non_trainable_params(self) -> int:
@@ -70,6 +71,9 @@ class Summary:
         if len(shown) < len(self.rows):
             lines.append(f"({len(shown)} of {len(self.rows)} layers shown, depth <= {depth}; use --depth to see more)")
         c, *hw = self.input_size
+        if self.not_run:  # GoogLeNet's aux heads: in Total params, in no row
+            skipped = ", ".join(f"{name} ({params:,})" for name, params in self.not_run)
+            lines.append(f"Not run by an eval-mode forward (training only), counted below: {skipped}")
         lines += [
             f"Total params: {self.total_params:,}",
             f"Trainable params: {self.trainable_params:,}",
@@ -186,6 +190,9 @@ def summary(
         params = sum(p.numel() for p in module.parameters())
         rows.append(LayerRow(name, type(module).__name__, name.count(".") + 1, shapes[module], params, macs))
     params = list(model.parameters())
+    not_run = [
+        (name, n) for name, child in model.named_children() if child not in shapes and (n := count_params(child))
+    ]
     return Summary(
         rows=rows,
         input_size=tuple(input_size),
@@ -195,6 +202,7 @@ def summary(
         model_name=model_name or type(model).__name__,
         depth=depth,
         param_bytes=sum(p.numel() * p.element_size() for p in params),
+        not_run=not_run,
     )
 
 

@@ -70,6 +70,11 @@ def test_googlenet_summary_in_eval_mode():
     s = summary(build_for_summary("googlenet"), (3, 224, 224))
     assert s.rows[-1].output_shape == [(1, 1000)]
     assert not any(r.name.startswith("aux") for r in s.rows)  # aux heads run only in training mode
+    # ... but their parameters are in Total params, so the table says which modules hold the difference.
+    top = sum(r.params for r in s.rows if r.depth == 1)
+    assert [name for name, _ in s.not_run] == ["aux1", "aux2"] and top + sum(n for _, n in s.not_run) == s.total_params
+    assert "Not run by an eval-mode forward (training only), counted below: aux1 (" in s.table()
+    assert summary(build_for_summary("resnet18"), (3, 64, 64)).not_run == []
 
 
 def test_human():
