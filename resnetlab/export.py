@@ -373,12 +373,12 @@ def format_for(out: str | os.PathLike | None, fmt: str | None = None) -> str:
 
 
 def output_path(out: str | os.PathLike | None, ckpt_path: Path, fmt: str) -> Path:
-    """Where the export goes: `out`, a file of the default name inside `out` when it is a folder, or beside the
-    checkpoint; a name that says the other format is refused."""
+    """Where the export goes: `out`, a file of the default name inside `out` when it is a folder (or a name without
+    an ending, made a folder), or beside the checkpoint; a name that says the other format is refused."""
     if not out:
         return default_output(ckpt_path, fmt)
     path = Path(out)
-    if path.is_dir():
+    if path.is_dir() or not path.suffix:  # a folder, or one to make: a file without an ending would be unreadable
         return path / default_output(ckpt_path, fmt).name
     named = FORMAT_OF_SUFFIX.get(path.suffix.lower())
     if named and named != fmt:

@@ -68,7 +68,7 @@ def recorded_samples(record: dict[str, Any], split: str, where: str) -> EvalData
     from resnetlab.errors import ResnetlabError
 
     if not record:
-        raise ResnetlabError(f"{where}: the checkpoint records no dataset; pass the folder to evaluate on as DIR")
+        raise ResnetlabError(f"{where}: no dataset is recorded in it; pass the folder to evaluate on as DIR")
     splits = DatasetSplits.from_record(record)
     samples = _split_samples(splits, split, where)
     described = f"{split} split of {record.get('root', '?')}"

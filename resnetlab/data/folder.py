@@ -360,6 +360,7 @@ def make_splits(
     `strict=True`. Every file is header-checked; pixels are decoded later, by the loader.
     """
     root = Path(root).expanduser().resolve()
+    val_dir = Path(val_dir).expanduser().resolve() if val_dir else None  # digests hash paths: one spelling of each
     if not 0.0 <= val_fraction < 1.0:
         raise ResnetlabError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     _require_folder(root)

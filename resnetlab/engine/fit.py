@@ -529,11 +529,12 @@ def check_resumed_data(splits: Any, ckpt: dict[str, Any], log: Callable[[str], N
     record, now = ckpt.get("data") or {}, splits.record()
     before = record.get("counts") or {}
     changed = [f"{name} {before[name]} -> {n}" for name, n in now["counts"].items() if before.get(name, n) != n]
+    what = f"{', '.join(changed)} images" if changed else ""
     if not changed and record.get("val_digest") not in (None, now["val_digest"]):
-        changed = ["other validation files"]
-    if changed:
+        what = "other validation images"
+    if what:
         log(
-            f"warning: {splits.root} changed since the run started ({', '.join(changed)} images): its split is made "
+            f"warning: {splits.root} changed since the run started ({what}): its split is made "
             "afresh, so this resumed run is not the uninterrupted one, and its validation is on other images"
         )
 
@@ -695,7 +696,8 @@ class Trainer:
 
         self.writer = None
         if info.is_main:
-            cfg.with_absolute_paths().to_yaml(self.run_dir / "config.yaml")
+            # Without `resume`: the file is the run's recipe, and `--config` of it must start a new run.
+            dataclasses.replace(cfg.with_absolute_paths(), resume=None).to_yaml(self.run_dir / "config.yaml")
             write_class_indices(self.run_dir / "class_indices.json", self.splits.classes)
             self.writer = _summary_writer(self.run_dir)
         log(self.describe())

@@ -147,3 +147,13 @@ def test_class_indices_format(tmp_path):
     (tmp_path / "bad.json").write_text('{"1": "a"}')
     with pytest.raises(ResnetlabError):
         read_class_indices(tmp_path / "bad.json")
+
+
+def test_a_relative_val_dir_records_the_same_split_as_its_absolute_path(tmp_path, make_class_tree, monkeypatch):
+    # The validation digest hashes paths: `--val-dir hym/val` once warned "files changed" on every later eval/resume.
+    make_class_tree(tmp_path / "hym" / "train", {"a": 3, "b": 3})
+    make_class_tree(tmp_path / "hym" / "val", {"a": 2, "b": 2})
+    monkeypatch.chdir(tmp_path)
+    relative = make_splits("hym/train", val_dir="hym/val").record()
+    absolute = make_splits(tmp_path / "hym" / "train", val_dir=tmp_path / "hym" / "val").record()
+    assert relative["val_digest"] == absolute["val_digest"] and relative["val_dir"] == absolute["val_dir"]

@@ -298,7 +298,9 @@ def test_resume_from_another_directory(digits_dir, tmp_path, monkeypatch, capsys
     monkeypatch.chdir(elsewhere)
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0, capsys.readouterr().err
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
-    assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(digits_dir.resolve())
+    resumed = yaml.safe_load((run / "config.yaml").read_text())
+    assert resumed["data"] == str(digits_dir.resolve())
+    assert resumed["resume"] is None  # `train --config RUN/config.yaml --out NEW` starts a new run, not this one
 
 
 def test_a_summary_older_than_last_pt_is_written_again(digits_dir, tmp_path):

@@ -65,8 +65,7 @@ def test_onnx_export_metadata_and_parity(tiny_ckpt: Path, tiny_onnx: Path, check
 def test_torchscript_export(tiny_ckpt: Path, check_images: list[Path], tmp_path: Path, capsys) -> None:
     from resnetlab.export import load_torchscript
 
-    folder = tmp_path / "exports"
-    folder.mkdir()  # --out a folder: the file takes the checkpoint's name inside it
+    folder = tmp_path / "exports"  # --out a folder (made, having no file ending): the checkpoint's name inside it
     code = main(
         ["export", str(tiny_ckpt), "--format", "torchscript", "--out", str(folder), "--check-images"]
         + [str(p) for p in check_images]
