@@ -79,6 +79,12 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     names = set(TrainConfig.field_names())
     explicit = {k: v for k, v in vars(args).items() if k in names}
     if explicit.get("resume"):
+        out = explicit.get("out")
+        if out and Path(out).resolve() != Path(explicit["resume"]).resolve():
+            raise ResnetlabError(
+                f"--out {out} with --resume {explicit['resume']}: a resumed run goes on in its own folder; drop --out"
+                " (to branch off, copy the folder and resume the copy)"
+            )
         saved = Path(explicit["resume"]) / "config.yaml"
         if not saved.is_file():
             raise ResnetlabError(f"--resume {explicit['resume']}: no config.yaml there; is it a resnetlab run folder?")

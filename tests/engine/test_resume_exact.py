@@ -355,3 +355,14 @@ def test_a_run_folder_has_one_writer_at_a_time(digits_dir, tmp_path):
         holder.wait()
     assert load_checkpoint(run / "last.pt")["epoch"] == 1  # nothing written while it was held
     assert fit(cfg.merge({"resume": str(run), "epochs": 2}), log=lambda _: None)["epochs_run"] == 2  # free again
+
+
+def test_resume_with_another_out_is_refused(digits_dir, tmp_path, capsys):
+    # --out was silently ignored: the resumed run trained on in the --resume folder.
+    from resnetlab.cli import main
+
+    run = tmp_path / "run"
+    fit(tiny_config(digits_dir, run, epochs=1), log=lambda _: None)
+    assert main(["train", "--resume", str(run), "--out", str(tmp_path / "other"), "--epochs", "2"]) == 2
+    assert "a resumed run goes on in its own folder; drop --out" in capsys.readouterr().err
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1 and not (tmp_path / "other").exists()
