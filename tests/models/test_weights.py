@@ -245,29 +245,30 @@ def test_other_num_classes_replaces_head_and_reports(tmp_path, tv_resnet18, capl
     _assert_same_tensors(model.state_dict(), tv_resnet18, backbone)
 
 
-def test_googlenet_heads_and_aux_heads_replaced(tmp_path):
-    tv = torchvision.models.googlenet(aux_logits=True, init_weights=False).state_dict()
-    path = tmp_path / "googlenet.pth"
+def _googlenet_from_torchvision(tmp_path, aux_logits: bool, num_classes: int):
+    """(torchvision's state dict, our GoogLeNet loaded from it, the LoadResult)."""
+    tv = torchvision.models.googlenet(aux_logits=aux_logits, init_weights=False).state_dict()
+    path = tmp_path / f"googlenet-aux{int(aux_logits)}.pth"
     torch.save(tv, path)
-    model = create_model("googlenet", num_classes=7)
-    result = W.load_pretrained(model, "googlenet", path, num_classes=7)
+    model = create_model("googlenet", num_classes=num_classes)
+    return tv, model, W.load_pretrained(model, "googlenet", path, num_classes=num_classes)
+
+
+def test_googlenet_heads_and_aux_heads_replaced(tmp_path):
+    tv, model, result = _googlenet_from_torchvision(tmp_path, aux_logits=True, num_classes=7)
     assert sorted(result.skipped) == sorted(k for k in tv if k.startswith(("fc.", "aux1.fc2.", "aux2.fc2.")))
     kept = [k for k in tv if k not in result.skipped]
     _assert_same_tensors(model.state_dict(), tv, kept)
 
     # A model built without aux heads drops them from the file, as torchvision does.
     no_aux = create_model("googlenet", num_classes=1000, aux_logits=False)
-    result = W.load_pretrained(no_aux, "googlenet", path, num_classes=1000)
+    result = W.load_pretrained(no_aux, "googlenet", tmp_path / "googlenet-aux1.pth", num_classes=1000)
     assert result.skipped and all(k.startswith(("aux1.", "aux2.")) for k in result.skipped)
 
 
 def test_googlenet_file_without_aux_heads_trains_them_fresh(tmp_path):
     # torchvision's pretrained GoogLeNet state dict has no aux1/aux2 (it deletes them); ours start those fresh.
-    tv = torchvision.models.googlenet(aux_logits=False, init_weights=False).state_dict()
-    path = tmp_path / "googlenet-noaux.pth"
-    torch.save(tv, path)
-    model = create_model("googlenet", num_classes=6)
-    result = W.load_pretrained(model, "googlenet", path, num_classes=6)
+    tv, model, result = _googlenet_from_torchvision(tmp_path, aux_logits=False, num_classes=6)
     assert result.fresh == ["aux1", "aux2"] and model.aux1 is not None
     _assert_same_tensors(model.state_dict(), tv, [k for k in tv if not k.startswith("fc.")])
 
