@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder or checkpoint file (.pt)")
     p.add_argument("image", metavar="IMAGE", help="image file to explain")
-    p.add_argument("--out", metavar="FILE.png", required=True, help="where to write the picture")
+    p.add_argument(
+        "--out", metavar="FILE.png", help="where to write the picture (default: IMAGE's name + -gradcam.png, here)"
+    )
     p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class instead of the prediction")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.set_defaults(func=run)
@@ -25,11 +28,11 @@ def run(args: argparse.Namespace) -> int:
     from resnetlab.predict import load
     from resnetlab.report import picture_path
 
-    picture_path(args.out, "--out")
+    out = picture_path(args.out or f"{Path(args.image).stem}-gradcam.png", "--out")
     # The default precision, as `predict` uses, so the printed score is the one `predict` prints; Grad-CAM's own
     # pass runs without autocast (fp32 gradients) whatever the classifier's precision.
     clf = load(args.checkpoint, device=args.device)
     result = explain(clf, args.image, class_name=args.class_name)
-    path = save_explanation(result, args.out)
+    path = save_explanation(result, out)
     print(f"{args.image}: {result.label} ({result.score:.3f}); Grad-CAM written to {path}")
     return 0

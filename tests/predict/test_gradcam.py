@@ -69,7 +69,7 @@ def test_crop_box_matches_the_eval_transform():
     assert float(out[1, -1, :].mean()) == pytest.approx(bottom * 255 / height, abs=255 * 4 / height)
 
 
-def test_explain_command(capsys, tiny_run, tiny_data, tmp_path):
+def test_explain_command(capsys, tiny_run, tiny_data, tmp_path, monkeypatch):
     image = sorted((tiny_data / "metal").glob("*.jpg"))[0]
     out = tmp_path / "cam.png"
     assert main(["explain", str(tiny_run), str(image), "--out", str(out)]) == 0
@@ -80,6 +80,12 @@ def test_explain_command(capsys, tiny_run, tiny_data, tmp_path):
         assert im.width > 300 and len(np.unique(np.asarray(im.convert("L")))) > 50
     assert main(["explain", str(tiny_run), str(image), "--out", str(out), "--class", "bottle"]) == 2
     assert "['cardboard', 'glass', 'metal']" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # without --out: <image>-gradcam.png in the current folder
+    assert main(["explain", str(tiny_run), str(image)]) == 0
+    assert (
+        f"written to {image.stem}-gradcam.png" in capsys.readouterr().out
+        and (tmp_path / f"{image.stem}-gradcam.png").is_file()
+    )
     broken = tmp_path / "broken.jpg"
     broken.write_text("no image here")
     assert main(["explain", str(tiny_run), str(broken), "--out", str(out)]) == 2
