@@ -692,7 +692,10 @@ class Trainer:
                 cleanup.callback(self.lock.release)
 
         self._restore_bookkeeping(ckpt)
-        self.train_seconds, self.train_images, self.stopped_early = 0.0, 0, False
+        # The training loop's time and images over every session of the run (summary.json's images/s).
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0)) if ckpt else 0.0
+        self.train_images = int(ckpt.get("train_images", 0)) if ckpt else 0
+        self.stopped_early = False
 
         self.writer = None
         if info.is_main:
@@ -972,6 +975,8 @@ class Trainer:
             rng=capture_rng(self.data.generators),
             planned_epochs=self.epochs,
             elapsed_seconds=self.elapsed(),
+            train_seconds=self.train_seconds,
+            train_images=self.train_images,
         )
         save_checkpoint(self.run_dir / "last.pt", payload)
         if improved:

@@ -156,9 +156,14 @@ def test_wall_seconds_count_every_session_of_a_resumed_run(digits_dir, tmp_path,
     cut = tiny_config(digits_dir, tmp_path / "cut", epochs=3)
     with pytest.raises(Killed):
         fit(cut, log=kill_after(2, 3))
-    before = load_checkpoint(tmp_path / "cut" / "last.pt")["elapsed_seconds"]
+    saved = load_checkpoint(tmp_path / "cut" / "last.pt")
+    before = saved["elapsed_seconds"]
     summary = fit(cut.merge({"resume": str(tmp_path / "cut")}), log=lambda _: None)
     assert before > 0 and summary["wall_seconds"] > before
+    # images/s too: the training loop's images and seconds of both sessions, not only the resumed one's.
+    done = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert saved["train_images"] > 0 and done["train_images"] == saved["train_images"] * 3 // 2  # 2 epochs, then 3
+    assert summary["train_images_per_s"] == pytest.approx(done["train_images"] / done["train_seconds"])
 
 
 @pytest.mark.parametrize("sched", ["cosine", "onecycle", "step"])
