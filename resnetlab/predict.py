@@ -44,12 +44,13 @@ def _array_image(array: np.ndarray | torch.Tensor) -> Image.Image:
     `to_pil_image` reads them; floats are taken as 0..1."""
     from torchvision.transforms.functional import to_pil_image
 
-    if isinstance(array, np.ndarray) and array.dtype.kind == "f":
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu()
+        array = array.clamp(0, 1) if array.is_floating_point() else array
+    elif array.dtype.kind == "f":
         array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
-    if isinstance(array, torch.Tensor) and array.is_floating_point():
-        array = array.detach().cpu().clamp(0, 1)
     try:
-        return to_pil_image(array.detach().cpu() if isinstance(array, torch.Tensor) else array)
+        return to_pil_image(array)
     except (TypeError, ValueError) as exc:
         raise ResnetlabError(f"an image array of shape {tuple(array.shape)}: {exc}") from None
 
@@ -57,7 +58,7 @@ def _array_image(array: np.ndarray | torch.Tensor) -> Image.Image:
 def _as_items(images: Any) -> list[ImageInput]:
     """Paths, PIL images and arrays as `predict` takes them, one list entry per image: a folder becomes its image
     files (as `resnetlab predict DIR` reads it), a 4-D array or tensor its images."""
-    from resnetlab.data.images import is_image_file
+    from resnetlab.data.folder import scan_images
 
     items = [images] if _is_single(images) else list(images)
     out: list[ImageInput] = []
@@ -65,7 +66,7 @@ def _as_items(images: Any) -> list[ImageInput]:
         if isinstance(item, (np.ndarray, torch.Tensor)):
             out += [_array_image(a) for a in (item if item.ndim == 4 else [item])]
         elif isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
-            out += sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and is_image_file(p))
+            out += [str(p) for p in scan_images(item)]
         elif isinstance(item, (str, os.PathLike, Image.Image)):
             out.append(item)
         else:

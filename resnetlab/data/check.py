@@ -75,12 +75,12 @@ def decode_all(splits: DatasetSplits) -> None:
             return exc.reason
         return None
 
-    for name in SPLIT_NAMES:
-        samples = splits.split(name)
-        with ThreadPoolExecutor(default_workers()) as pool:
+    with ThreadPoolExecutor(default_workers()) as pool:
+        for name in SPLIT_NAMES:
+            samples = splits.split(name)
             reasons = list(pool.map(reason, [p for p, _ in samples]))
-        splits.skipped += [(p, why) for (p, _), why in zip(samples, reasons) if why]
-        samples[:] = [s for s, why in zip(samples, reasons) if not why]  # in place: `split` returns the list
+            splits.skipped += [(p, why) for (p, _), why in zip(samples, reasons) if why]
+            samples[:] = [s for s, why in zip(samples, reasons) if not why]  # in place: `split` returns the list
 
 
 def check_dataset(

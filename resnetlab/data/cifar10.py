@@ -51,7 +51,6 @@ MD5 = "c58f30108f718f92721af3b95e74349a"
 TARBALL = "cifar-10-python.tar.gz"
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-_HASHED = re.compile(r"^.+-[0-9a-f]{8,64}$")  # a hub-style name: <name>-<sha256 prefix>
 TEST_BATCH = "test_batch"
 META = "batches.meta"
 IMAGES_DIR = "images"  # the materialised class folders, inside the cache folder
@@ -363,5 +362,6 @@ def checkpoint_from_cifar_weights(
 def converted_name(weights: str | os.PathLike) -> Path:
     """`resnet20-12fca82f.th` -> `resnet20-cifar10.pt`: the source's sha256 prefix would not match the new file, and
     loading it (`--pretrained`) checks a name's hash against the content."""
-    stem = Path(weights).name.split(".", 1)[0]
-    return Path(f"{stem.rsplit('-', 1)[0] if _HASHED.match(stem) else stem}-cifar10.pt")
+    from resnetlab.models.weights import name_without_hash
+
+    return Path(f"{name_without_hash(Path(weights).name.split('.', 1)[0])}-cifar10.pt")

@@ -252,9 +252,15 @@ def _parse_split_line(line: str) -> tuple[str, str | None]:
     return line.strip(), None
 
 
-def _read_split_file(list_file: Path, root: Path, by_name: dict[str, list[Path]], missing: list) -> list[Path]:
-    """Files listed in `list_file`, resolved under `root` (relative path, else a unique file name anywhere)."""
-    out: list[Path] = []
+def _read_split_file(
+    list_file: Path, root: Path, by_name: dict[str, list[Path]], missing: list, nested: bool
+) -> dict[str, list[Path]]:
+    """{class: files} listed in `list_file`, resolved under `root` (relative path, else a unique file name anywhere).
+
+    A file's class is its folder under ROOT, or under ROOT/<split> when `nested` (ROOT holds split folders: `resnetlab
+    data split` of a train/val layout lists `train/ants/x.jpg`).
+    """
+    out: dict[str, list[Path]] = defaultdict(list)
     label_to_folder: dict[str, str] = {}
     for lineno, raw in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), 1):
         line = raw.strip()
@@ -270,30 +276,17 @@ def _read_split_file(list_file: Path, root: Path, by_name: dict[str, list[Path]]
                 missing.append((path, f"listed in {list_file.name} but not found"))
                 continue
             path = matches[0]
-        folder = _class_of(path, root)
-        if folder is None:
+        parts = path.relative_to(root).parts
+        if nested and len(parts) > 2 and parts[0].lower() in _SPLIT_ALIASES:
+            parts = parts[1:]
+        if len(parts) < 2:
             raise ResnetlabError(f"{list_file}:{lineno}: {path} is not inside a class folder of {root}")
+        folder = parts[0]
         if label is not None and label_to_folder.setdefault(label, folder) != folder:
             raise ResnetlabError(
                 f"{list_file}:{lineno}: label {label} is used for both {label_to_folder[label]}/ and {folder}/"
             )
-        out.append(path)
-    return out
-
-
-def _class_of(path: Path, root: Path) -> str | None:
-    """The class folder of a listed file: ROOT/<class>/..., or ROOT/<split>/<class>/... where ROOT holds split
-    folders (`resnetlab data split` of a train/val layout lists `train/ants/x.jpg`); None outside any."""
-    parts = path.relative_to(root).parts
-    if len(parts) > 2 and parts[0].lower() in _SPLIT_ALIASES and _split_dirs(root) is not None:
-        return parts[1]
-    return parts[0] if len(parts) > 1 else None
-
-
-def _by_folder(paths: list[Path], root: Path) -> dict[str, list[Path]]:
-    out: dict[str, list[Path]] = defaultdict(list)
-    for p in paths:
-        out[_class_of(p, root)].append(p)
+        out[folder].append(path)
     return dict(out)
 
 
@@ -324,7 +317,8 @@ def _gather(root: Path, val_fraction: float, seed: int, val_dir, split_file) -> 
         by_name: dict[str, list[Path]] = defaultdict(list)
         for p in images:
             by_name[p.name].append(p)
-        by_split = {s: _by_folder(_read_split_file(f, root, by_name, missing), root) for s, f in lists.items()}
+        nested = _split_dirs(root) is not None
+        by_split = {s: _read_split_file(f, root, by_name, missing, nested) for s, f in lists.items()}
         if "val" not in by_split:
             by_split["train"], by_split["val"] = _stratified(by_split["train"], val_fraction, seed)
         return "split_file", by_split, ignored, missing
@@ -406,7 +400,7 @@ def make_splits(
         layout=layout,
         val_fraction=val_fraction,
         seed=seed,
-        val_dir=Path(val_dir).resolve() if val_dir else None,
+        val_dir=val_dir,
         split_file=str(Path(split_file).resolve()) if split_file else None,  # the record is read from anywhere
         sizes=sizes,
     )

@@ -106,6 +106,12 @@ def hash_prefix_from_name(file_name: str) -> str | None:
     return m["hash"] if m else None
 
 
+def name_without_hash(stem: str) -> str:
+    """`resnet20-12fca82f` -> `resnet20`; a stem without a hub-style sha256 suffix as it is."""
+    m = _HASH_NAME.match(stem)
+    return m["name"] if m else stem
+
+
 def check_name_hash(path: Path, known_names: set[str] | None = None) -> None:
     """Verify the sha256 prefix in a `<name>-<hex>.<ext>` file name; no-op for names without one.
 
@@ -299,7 +305,7 @@ def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
             for key in [k for k in state if k.startswith(aux)]:
                 result.skipped.append(key)
                 del state[key]
-        elif not any(k.startswith(aux) for k in state) and any(k.startswith("conv1.") for k in state):
+        elif not any(k.startswith(aux) for k in state):
             # torchvision's own GoogLeNet state dict drops its aux heads: ours train them from scratch instead.
             state.update({k: v for k, v in expected.items() if k.startswith(aux)})
             result.fresh.append(aux.rstrip("."))
