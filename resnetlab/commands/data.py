@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -37,7 +38,12 @@ def register(subparsers) -> None:
 
     split = sub.add_parser("split", help="write the train/val split as list files, usable with --split-file")
     _add_layout_args(split)
-    split.add_argument("--out", default=None, help="output prefix (default DIR/../<name>_split)")
+    split.add_argument(
+        "--out",
+        default=None,
+        help="output prefix: PREFIX_train.txt, PREFIX_val.txt (default DIR/../<name>_split); a folder (existing, or"
+        " written with a trailing /) gets <name>_split_train.txt ... inside it",
+    )
     split.set_defaults(func=run_split)
 
 
@@ -66,7 +72,13 @@ def run_split(args: argparse.Namespace) -> int:
     if args.val_dir:
         raise ResnetlabError("data split: with --val-dir the split is already fixed by the folders; nothing to write")
     splits = make_splits(args.dir, args.val_fraction, args.seed, None, args.split_file)
-    prefix = Path(args.out) if args.out else splits.root.parent / f"{splits.root.name}_split"
+    default_name = f"{splits.root.name}_split"
+    if not args.out:
+        prefix = splits.root.parent / default_name
+    elif args.out.endswith(("/", os.sep)) or Path(args.out).is_dir():
+        prefix = Path(args.out) / default_name
+    else:
+        prefix = Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     for name in SPLIT_NAMES:
         samples = splits.split(name)

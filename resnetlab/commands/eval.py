@@ -147,8 +147,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {len(skipped)} unreadable files while scanning (first: {skipped[0][0]}: {skipped[0][1]})")
     paths = [str(p) for p, _ in samples]
     scores, ok, failed = clf.scores_for(paths, batch_size=args.batch_size, tta=args.tta)
+    failed = [(i, reason.removeprefix(f"{paths[i]}: ")) for i, reason in failed]  # the reason names the file too
     for i, reason in failed:
         print(f"skipped {paths[i]}: {reason}", file=sys.stderr)
+    if failed and ok:
+        print(f"{len(ok)} of the {len(paths)} images evaluated ({len(failed)} unreadable, left out)")
     if not ok:
         raise ResnetlabError(f"{where}: none of the {len(paths)} images could be read; nothing to evaluate")
     labels = torch.tensor([samples[i][1] for i in ok], dtype=torch.long)

@@ -94,12 +94,16 @@ def check_dataset(
 ) -> CheckResult:
     """Scan and judge `root` (`decode`: every image decoded in full, not only its header). Layout errors (empty
     class folder, val class missing from train) raise."""
-    splits = make_splits(root, val_fraction=val_fraction, seed=seed, val_dir=val_dir, split_file=split_file)
+    splits = make_splits(
+        root, val_fraction=val_fraction, seed=seed, val_dir=val_dir, split_file=split_file, require_train=False
+    )
     if decode:
         decode_all(splits)
     result = CheckResult(splits, duplicates=find_duplicates(splits))
     if splits.num_classes < 2:
         result.problems.append(f"only {splits.num_classes} class ({', '.join(splits.classes)}); need at least 2")
+    if untrained := [c for c, n in zip(splits.classes, splits.counts()["train"]) if n == 0]:
+        result.problems.append(f"no usable training images of {', '.join(untrained)} (see skipped)")
     if strict and splits.skipped:
         result.problems.append(f"{len(splits.skipped)} unusable image(s) and --strict")
     if strict and result.cross_split_duplicates:
@@ -113,7 +117,8 @@ def check_dataset(
         )
     if result.cross_split_duplicates:
         result.notes.append("identical files in train and val/test inflate the measured accuracy; remove the copies")
-    if mixed := [g for g in result.duplicates if len({p.parent.name for _, p in g}) > 1]:
+    label_of = {path: label for name in SPLIT_NAMES for path, label in splits.split(name)}
+    if mixed := [g for g in result.duplicates if len({label_of[p] for _, p in g}) > 1]:
         result.notes.append(
             f"{len(mixed)} group(s) of identical files lie in different class folders: the same photo under two labels"
         )

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,24 +294,30 @@ def _read_split_file(
 # ------------------------------------------------------------------------------------------------------- make_splits
 
 
-def _verify(by_split: dict[str, dict[str, list[Path]]], skipped: list, sizes: dict) -> None:
-    """Drop unreadable files in place (header check), collecting (path, reason) in `skipped`."""
-    for classes in by_split.values():
-        for name, paths in classes.items():
-            good = []
-            for p in paths:
+def _usable(classes: dict[str, list[Path]], skipped: list, sizes: dict[Path, tuple[int, int]]) -> dict[str, list[Path]]:
+    """`classes` without its unreadable files (header check), each recorded once: (path, reason) in `skipped`, the
+    size of a good one in `sizes` (which also marks it checked)."""
+    out = {}
+    for name, paths in classes.items():
+        good = []
+        for p in paths:
+            if p not in sizes:
                 size, reason = probe_image(p)
                 if reason:
                     skipped.append((p, reason))
-                else:
-                    sizes[p] = size
-                    good.append(p)
-            classes[name] = good
+                    continue
+                sizes[p] = size
+            good.append(p)
+        out[name] = good
+    return out
 
 
-def _gather(root: Path, val_fraction: float, seed: int, val_dir, split_file) -> tuple[str, dict, int, list]:
-    """(layout, {split: {class: paths}}, ignored count, missing listed files) for whichever layout applies."""
-    missing: list[tuple[Path, str]] = []
+def _gather(
+    root: Path, val_fraction: float, seed: int, val_dir, split_file, usable: Callable, missing: list
+) -> tuple[str, dict, int]:
+    """(layout, {split: {class: paths}}, ignored count) for whichever layout applies; listed files that are not there
+    go to `missing`. A split made here by fraction draws from `usable` files only: a corrupt file in val would
+    otherwise take a place a readable one could have, and leave a class with one good image untrained."""
     if split_file:
         lists = _resolve_split_files(str(split_file))
         images, ignored = _walk(root)
@@ -320,12 +327,12 @@ def _gather(root: Path, val_fraction: float, seed: int, val_dir, split_file) -> 
         nested = _split_dirs(root) is not None
         by_split = {s: _read_split_file(f, root, by_name, missing, nested) for s, f in lists.items()}
         if "val" not in by_split:
-            by_split["train"], by_split["val"] = _stratified(by_split["train"], val_fraction, seed)
-        return "split_file", by_split, ignored, missing
+            by_split["train"], by_split["val"] = _stratified(usable(by_split["train"]), val_fraction, seed)
+        return "split_file", by_split, ignored
     if val_dir:
         train, ignored = _class_folders(root)
         val, ignored_val = _class_folders(Path(val_dir))
-        return "val_dir", {"train": train, "val": val}, ignored + ignored_val, missing
+        return "val_dir", {"train": train, "val": val}, ignored + ignored_val
     dirs = _split_dirs(root)
     if dirs:
         by_split, ignored = {}, 0
@@ -333,11 +340,11 @@ def _gather(root: Path, val_fraction: float, seed: int, val_dir, split_file) -> 
             by_split[split], n = _class_folders(path)
             ignored += n
         if "val" not in by_split:
-            by_split["train"], by_split["val"] = _stratified(by_split["train"], val_fraction, seed)
-        return "train_val", by_split, ignored, missing
+            by_split["train"], by_split["val"] = _stratified(usable(by_split["train"]), val_fraction, seed)
+        return "train_val", by_split, ignored
     by_class, ignored = _class_folders(root)
-    train, val = _stratified(by_class, val_fraction, seed)
-    return "folders", {"train": train, "val": val}, ignored, missing
+    train, val = _stratified(usable(by_class), val_fraction, seed)
+    return "folders", {"train": train, "val": val}, ignored
 
 
 def make_splits(
@@ -347,18 +354,26 @@ def make_splits(
     val_dir: str | os.PathLike | None = None,
     split_file: str | os.PathLike | None = None,
     strict: bool = False,
+    require_train: bool = True,
 ) -> DatasetSplits:
     """Scan `root` into train/val(/test) samples; see the module docstring for layouts.
 
     Unreadable files (corrupt, truncated, decompression bombs) are skipped with one warning line, or raise with
-    `strict=True`. Every file is header-checked; pixels are decoded later, by the loader.
+    `strict=True`. Every file is header-checked; pixels are decoded later, by the loader. A class left with no
+    training image raises unless `require_train=False` (`data check` reports it instead).
     """
     root = Path(root).expanduser().resolve()
     val_dir = Path(val_dir).expanduser().resolve() if val_dir else None  # digests hash paths: one spelling of each
     if not 0.0 <= val_fraction < 1.0:
         raise ResnetlabError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     _require_folder(root)
-    layout, by_split, ignored, skipped = _gather(root, val_fraction, seed, val_dir, split_file)
+    skipped: list[tuple[Path, str]] = []
+    sizes: dict[Path, tuple[int, int]] = {}
+
+    def usable(classes: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        return _usable(classes, skipped, sizes)
+
+    layout, by_split, ignored = _gather(root, val_fraction, seed, val_dir, split_file, usable, skipped)
 
     train_classes = sorted(by_split["train"])
     for split in ("val", "test"):
@@ -369,8 +384,7 @@ def make_splits(
                 "add training images for them or remove them"
             )
 
-    sizes: dict[Path, tuple[int, int]] = {}
-    _verify(by_split, skipped, sizes)
+    by_split = {split: usable(classes) for split, classes in by_split.items()}  # the layouts given as they are
     if skipped and strict:
         path, reason = skipped[0]
         raise ResnetlabError(f"{len(skipped)} unusable image(s), first {path}: {reason} (--strict)")
@@ -379,7 +393,7 @@ def make_splits(
             "warning: skipped %d unusable image(s) (first %s: %s); `resnetlab data check %s` lists them",
             len(skipped), skipped[0][0], skipped[0][1], root,
         )  # fmt: skip
-    for name in train_classes:
+    for name in train_classes if require_train else ():
         if not by_split["train"][name]:
             raise ResnetlabError(f"{root}: class {name} has no usable training images")
 

@@ -116,7 +116,9 @@ class RamCache:
 
 
 class ImageDataset(Dataset):
-    """(path, label) samples -> (transform(image), label). Unreadable files are reported once and replaced.
+    """(path, label) samples -> (transform(image), label). Unreadable files are reported once and replaced by the
+    next readable one, or, with `substitute=False` (validation: a copy would count one image twice and drop the
+    class of the bad one), left out: the sample is None and `collate_uint8` drops it from its batch.
 
     `cache="ram"` keeps every decoded image, pre-resized to the transform's `decode_size` short side, in shared
     memory; `decode_size` (default: the transform's) also drives reduced-size JPEG decoding. A deterministic uint8
@@ -131,6 +133,7 @@ class ImageDataset(Dataset):
         cache: str | None = None,
         decode_size: int | None = None,
         cache_budget_bytes: int | str | None = None,
+        substitute: bool = True,
     ) -> None:
         if cache not in CACHE_CHOICES:
             raise ResnetlabError(f"--cache {cache}: choose none or ram")
@@ -138,6 +141,7 @@ class ImageDataset(Dataset):
         if not self.samples:
             raise ResnetlabError("no images to load (empty split)")
         self.transform = transform
+        self.substitute = substitute
         self.decode_size = decode_size or getattr(transform, "decode_size", None)
         self.resample = _PIL_RESAMPLE.get(getattr(transform, "resize_interpolation", "bilinear"), Image.BILINEAR)
         self.decode_count = 0  # decodes done in this process (tests, benchmarks)
@@ -198,11 +202,12 @@ class ImageDataset(Dataset):
     def _report(self, i: int, exc: ImageError) -> None:
         if not bool(self.bad[i]):
             self.bad[i] = True
-            log.warning("warning: %s; using another image in its place", exc)
+            instead = "using another image in its place" if self.substitute else "left out"
+            log.warning("warning: %s; %s", exc, instead)
 
     def __getitem__(self, index: int):
         n = len(self.samples)
-        for step in range(n):
+        for step in range(n if self.substitute else 1):
             i = (index + step) % n
             if bool(self.bad[i]):  # known bad (in any process): never decoded again
                 continue
@@ -216,6 +221,8 @@ class ImageDataset(Dataset):
             if self.transform is not None and not self.output_shape:
                 image = self.transform(image)
             return image, self.samples[i][1]
+        if not self.substitute:
+            return None
         raise ResnetlabError(f"none of the {n} images could be decoded")
 
     def _fill(self, i: int) -> None:
@@ -328,8 +335,14 @@ def stack_channels_last(images: Sequence[torch.Tensor], shared: bool = False) ->
     return out.permute(0, 3, 1, 2)  # (B, C, H, W) view
 
 
-def collate_uint8(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(uint8 image (C, H, W), label)] -> (uint8 batch, channels_last, labels (B,)); floats use `default_collate`."""
+def collate_uint8(batch: Sequence[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """[(uint8 image (C, H, W), label)] -> (uint8 batch, channels_last, labels (B,)); floats use `default_collate`.
+
+    Samples left out (None: unreadable, in a dataset that does not substitute) are dropped; a batch of none is None.
+    """
+    batch = [sample for sample in batch if sample is not None]
+    if not batch:
+        return None
     images, labels = zip(*batch)
     if images[0].dtype != torch.uint8:
         return default_collate(batch)
@@ -367,7 +380,10 @@ class DeviceLoader:
 
     def __iter__(self):
         non_blocking = self.device.type == "cuda"
-        for images, labels in self.loader:
+        for batch in self.loader:
+            if batch is None:  # every image of the batch was unreadable and left out
+                continue
+            images, labels = batch
             images = self.normalize(images.to(self.device, non_blocking=non_blocking))  # (B, C, H, W) float32
             yield images.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=non_blocking)
 

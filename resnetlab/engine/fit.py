@@ -118,18 +118,19 @@ class RunData:
     class_counts: list[int]
 
 
-def _dataset(samples: list, transform: Callable, cache: str) -> Any:
-    """ImageDataset with the RAM cache when asked; `auto` falls back to no cache when it would not fit."""
+def _dataset(samples: list, transform: Callable, cache: str, substitute: bool = True) -> Any:
+    """ImageDataset with the RAM cache when asked; `auto` falls back to no cache when it would not fit.
+    `substitute=False` (validation) leaves unreadable images out instead of reading another in their place."""
     from resnetlab.data.loader import ImageDataset
 
     if cache == "none":
-        return ImageDataset(samples, transform)
+        return ImageDataset(samples, transform, substitute=substitute)
     try:
-        dataset = ImageDataset(samples, transform, cache="ram")
+        dataset = ImageDataset(samples, transform, cache="ram", substitute=substitute)
     except ResnetlabError:
         if cache == "ram":
             raise
-        return ImageDataset(samples, transform)
+        return ImageDataset(samples, transform, substitute=substitute)
     dataset.warm_cache()  # decode once, in parallel; later epochs read pixels only
     return dataset
 
@@ -242,7 +243,7 @@ def build_data(
     train_loader = on_device(train_loader)
     val_loader = None
     if splits.val:
-        val_set = _dataset(splits.val, eval_tf, cfg.cache)
+        val_set = _dataset(splits.val, eval_tf, cfg.cache, substitute=False)
         val_sampler = ddp.ShardSampler(len(val_set), info) if info.enabled else None
         val_loader = on_device(
             build_loader(

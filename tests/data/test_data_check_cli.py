@@ -24,6 +24,34 @@ def test_check_usable_with_grid(tmp_path, capsys, make_class_tree):
     assert Image.open(grid).size[0] > 100
 
 
+def test_identical_files_are_judged_by_class_not_by_parent_folder(tmp_path, capsys, make_class_tree):
+    # Sub-folders inside a class are not classes: two copies under cat/2019 and cat/2020 are one label; copies under
+    # cat/imgs and dog/imgs are two.
+    root = make_class_tree(tmp_path / "ds", {"cat": 3, "dog": 3})
+    for year in ("2019", "2020"):
+        (root / "cat" / year).mkdir()
+        shutil.copy(root / "cat" / "cat_000.jpg", root / "cat" / year / "a.jpg")
+    assert main(["data", "check", str(root)]) == 0
+    assert "different class folders" not in capsys.readouterr().out
+    for name in ("cat", "dog"):
+        (root / name / "imgs").mkdir()
+    shutil.copy(root / "dog" / "dog_001.jpg", root / "cat" / "imgs" / "x.jpg")
+    shutil.copy(root / "dog" / "dog_001.jpg", root / "dog" / "imgs" / "y.jpg")
+    assert main(["data", "check", str(root)]) == 0
+    assert "note: 1 group(s) of identical files lie in different class folders" in capsys.readouterr().out
+
+
+def test_a_class_with_no_readable_image_is_reported_not_aborted(tmp_path, capsys, make_class_tree):
+    root = make_class_tree(tmp_path / "ds", {"a": 3, "b": 3})
+    (root / "bad").mkdir()
+    (root / "bad" / "zero.jpg").write_bytes(b"")
+    (root / "bad" / "text.jpg").write_text("not an image")
+    assert main(["data", "check", str(root)]) == 2
+    captured = capsys.readouterr()
+    assert "zero.jpg" in captured.out and "text.jpg" in captured.out  # the report lists what was skipped
+    assert "not usable: no usable training images of bad" in captured.err
+
+
 def test_balanced_classes_say_so(tmp_path, capsys, make_class_tree):
     root = make_class_tree(tmp_path / "ds", {"a": 5, "b": 5})
     assert main(["data", "check", str(root)]) == 0
@@ -63,6 +91,15 @@ def test_split_writes_reusable_lists(tmp_path, capsys, make_class_tree):
     assert (tmp_path / "lists" / "s_val.txt").is_file()
     code = main(["data", "check", str(root), "--split-file", str(tmp_path / "lists" / "s_train.txt")])
     assert code == 0 and "train" in capsys.readouterr().out
+
+
+def test_split_out_may_name_a_folder(tmp_path, capsys, make_class_tree):
+    root = make_class_tree(tmp_path / "ds", {"a": 5, "b": 5})
+    out = tmp_path / "lists"
+    assert main(["data", "split", str(root), "--out", f"{out}/"]) == 0  # a trailing slash: a folder, made
+    assert (out / "ds_split_train.txt").is_file() and (out / "ds_split_val.txt").is_file()
+    assert main(["data", "split", str(root), "--out", str(out), "--seed", "1"]) == 0  # an existing folder
+    assert "ds_split_train.txt" in capsys.readouterr().out and not (tmp_path / "lists_train.txt").exists()
 
 
 def test_split_lists_of_a_train_val_layout_round_trip(tmp_path, make_class_tree):

@@ -103,6 +103,18 @@ def test_corrupt_files_skipped_with_one_warning(tree, caplog):
         make_splits(tree, strict=True)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_split_is_drawn_from_readable_files(tmp_path, seed, make_class_tree, make_image):
+    # A class of one good photo and one empty file: the good one trains (never held out for the empty one), with
+    # any seed.
+    root = make_class_tree(tmp_path / "ds", {"a": 6, "b": 6})
+    make_image(root / "c" / "good.jpg")
+    (root / "c" / "empty.jpg").write_bytes(b"")
+    s = make_splits(root, seed=seed)
+    assert [p.name for p, label in s.train if label == 2] == ["good.jpg"]
+    assert [p.name for p, _ in s.skipped] == ["empty.jpg"]
+
+
 def test_split_file(tmp_path, make_class_tree):
     root = make_class_tree(tmp_path / "ds", {"glass": 4, "paper": 4, "trash": 2})
     meta = tmp_path / "meta"

@@ -89,6 +89,24 @@ def test_corrupt_file_with_workers(tmp_path, samples_of):
     assert n == len(samples) and bool(ds.bad[-1])
 
 
+def test_validation_leaves_an_unreadable_image_out(tmp_path, caplog, samples_of):
+    # Training replaces a bad image by the next; validation must not: that would count one image twice and drop the
+    # bad image's class. The batch that held only the bad image disappears.
+    from resnetlab.data.loader import DeviceLoader
+    from resnetlab.data.transforms import BatchNormalize
+
+    samples = samples_of(4)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xffnot really")
+    samples.insert(1, (bad, 7))
+    ds = ImageDataset(samples, build_transform("eval", 32, MEAN, STD), cache="ram", substitute=False)
+    with caplog.at_level(logging.WARNING):
+        batches = list(DeviceLoader(build_loader(ds, 1, shuffle=False, num_workers=0), BatchNormalize(MEAN, STD)))
+    labels = torch.cat([y for _, y in batches]).tolist()
+    assert labels == [label for _, label in samples if label != 7]
+    assert any("bad.jpg" in r.getMessage() and "left out" in r.getMessage() for r in caplog.records)
+
+
 def test_loader_seeded_order(tmp_path, samples_of):
     ds = ImageDataset(samples_of(8), build_transform("eval", 32, MEAN, STD))
 

@@ -104,6 +104,25 @@ def test_eval_on_another_folder_with_the_same_classes(capsys, tiny_run, tiny_dat
     check_against_hand_count(report, *hand_predictions(tiny_run, samples))
 
 
+def test_an_image_that_fails_to_decode_is_left_out_and_named_once(capsys, tiny_run, tiny_data, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    png = root / "glass" / "broken.png"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(png)
+    data = bytearray(png.read_bytes())
+    start = data.index(b"IDAT") + 8
+    data[start : start + 12] = b"\x00" * 12  # a valid header, damaged pixel data: only a full decode fails
+    png.write_bytes(bytes(data))
+    assert main(["eval", str(tiny_run), str(root), "--amp", "off", "--out", str(tmp_path / "e")]) == 0
+    captured = capsys.readouterr()
+    assert "36 of the 37 images evaluated (1 unreadable, left out)" in captured.out
+    line = next(line for line in captured.err.splitlines() if "broken.png" in line)
+    assert line.count("broken.png") == 1
+    report = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert report["num_samples"] == 36 and report["failed"][0]["path"] == str(png)
+    assert "broken.png" not in report["failed"][0]["error"]
+
+
 def test_eval_train_val_layout_uses_the_split_option(capsys, tiny_run, tiny_data, tmp_path):
     root = tmp_path / "layout"
     for split, take in (("train", slice(0, 8)), ("val", slice(8, 10)), ("test", slice(10, 12))):
