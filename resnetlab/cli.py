@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, where it is handled, rather than at the exit's flush
     except ResnetlabError as exc:
-        print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
+        if not exc.quiet:
+            print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)

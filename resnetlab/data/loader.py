@@ -54,10 +54,15 @@ def parse_bytes(text: str | int) -> int:
 
 
 def cache_budget(budget: int | str | None = None) -> int:
-    """The RAM cache limit: `budget`, else env RESNETLAB_CACHE_BUDGET, else half the available memory."""
+    """The RAM cache limit of this process: `budget`, else env RESNETLAB_CACHE_BUDGET, else half the available
+    memory shared among the processes torchrun started on this machine (each caches the whole dataset: its shard of
+    the training set changes every epoch), so that together they stay within that half."""
     if budget is None:
         budget = os.environ.get("RESNETLAB_CACHE_BUDGET")
-    return parse_bytes(budget) if budget is not None else int(available_memory() * DEFAULT_BUDGET_FRACTION)
+    if budget is not None:
+        return parse_bytes(budget)
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return int(available_memory() * DEFAULT_BUDGET_FRACTION / local_processes)
 
 
 def resized_shape(width: int, height: int, short_side: int | None) -> tuple[int, int]:

@@ -80,11 +80,20 @@ def is_plain_1x1(module: nn.Module) -> bool:
 
 
 def enable_matmul_1x1(model: nn.Module) -> int:
-    """Switch every plain 1x1 `nn.Conv2d` in `model` to `MatmulConv1x1` in place; returns how many."""
+    """Switch every plain 1x1 `nn.Conv2d` in `model` to `MatmulConv1x1` in place; returns how many.
+
+    Their (O, C, 1, 1) weights get NCHW strides, which the matrix products' weight gradients have: in either layout
+    the bytes are in the same order, but DDP compares strides exactly, and copied (and warned about) every such
+    gradient of a channels_last model ("Grad strides do not match bucket view strides") on each step.
+    """
     switched = 0
     for module in model.modules():
         if is_plain_1x1(module):
             module.__class__ = MatmulConv1x1
+            weight = module.weight
+            nchw = torch.empty(weight.shape, device="meta").stride()
+            if weight.is_contiguous() and weight.stride() != nchw:  # channels_last: only the size-1 dims differ
+                weight.data = weight.data.as_strided(weight.shape, nchw)
             switched += 1
     return switched
 

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import os
 import signal
@@ -439,6 +440,8 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     Ctrl-C or SIGTERM ends it with a `ResnetlabError` (exit 130 or 143) saying what last.pt holds.
     """
     info = ddp.init_distributed(cfg.device)
+    if not info.is_main:  # rank 0 speaks for all: the same warnings and errors would come once per process
+        logging.getLogger("resnetlab").setLevel(logging.ERROR)
     trainer = None
     try:
         with sigterm_stops_like_ctrl_c(), ExitStack() as cleanup:  # cleanup: the run folder's lock
@@ -460,7 +463,12 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
         code = 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130  # the shell's codes for each signal
-        raise ResnetlabError(interrupted_message(trainer, cfg, stopped), exit_code=code) from None
+        raise ResnetlabError(
+            interrupted_message(trainer, cfg, stopped, info), exit_code=code, quiet=not info.is_main
+        ) from None
+    except ResnetlabError as exc:
+        exc.quiet = exc.quiet or not info.is_main
+        raise
     finally:
         ddp.cleanup(info)
 
@@ -540,16 +548,27 @@ def check_resumed_data(splits: Any, ckpt: dict[str, Any], log: Callable[[str], N
         )
 
 
-def interrupted_message(trainer: Trainer | None, cfg: TrainConfig, stopped: str = "interrupted") -> str:
+def resume_command(run: str | os.PathLike, info: ddp.DistInfo = ddp.DistInfo()) -> str:
+    """The command that continues `run`: under torchrun, in the same form (one machine: its process count)."""
+    if not info.enabled:
+        return f"resnetlab train --resume {run}"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+    launcher = f"torchrun --nproc-per-node {per_node}" if per_node == info.world_size else "torchrun (as started)"
+    return f"{launcher} -m resnetlab train --resume {run}"
+
+
+def interrupted_message(
+    trainer: Trainer | None, cfg: TrainConfig, stopped: str = "interrupted", info: ddp.DistInfo = ddp.DistInfo()
+) -> str:
     """What a stop leaves behind: the last complete epoch in last.pt (written atomically) and how to go on."""
     if trainer is None and cfg.resume:  # stopped while setting up a resumed run: last.pt is as it was
         last = Path(cfg.resume) / "last.pt"
-        return f"{stopped}; {last} is unchanged: continue with resnetlab train --resume {cfg.resume}"
+        return f"{stopped}; {last} is unchanged: continue with {resume_command(cfg.resume, info)}"
     if trainer is None or not trainer.saved_epoch:
         return f"{stopped} before the first epoch ended: nothing to resume"
     return (
         f"{stopped}; {trainer.run_dir / 'last.pt'} holds epoch {trainer.saved_epoch}: "
-        f"continue with resnetlab train --resume {trainer.run_dir}"
+        f"continue with {resume_command(trainer.run_dir, info)}"
     )
 
 
@@ -611,6 +630,7 @@ class Trainer:
         self.cfg, self.info, self.log = cfg, info, log
         self.started = clock()
         self.precision = resolve_precision(ddp.device_for(info, cfg.device), cfg.amp, cfg.channels_last)
+        ddp.check_sync_bn(cfg.sync_bn, info, self.precision.device)
         if cfg.resume and not (Path(cfg.resume) / "last.pt").exists() and (Path(cfg.resume) / "config.yaml").exists():
             raise ResnetlabError(
                 f"--resume {cfg.resume}: no last.pt there, so the run stopped before its first epoch ended; start it"
@@ -910,6 +930,7 @@ class Trainer:
                 desc=f"epoch {epoch + 1}/{self.epochs}", progress=self.progress, ema=self.ema, stop=cut,
             )  # fmt: skip
         trained = clock()
+        ddp.average_bn_stats(self.model, self.info)  # every rank validates, and rank 0 saves, the same statistics
         if self.ema:
             self.ema.copy_bn_stats()  # the epoch's corrected statistics (a no-op where the EMA averages them)
         if not math.isfinite(stats["loss"]):

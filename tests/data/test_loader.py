@@ -57,6 +57,18 @@ def test_cache_filled_by_workers_is_shared(tmp_path, samples_of):
     assert sum(len(y) for _, y in loader) == 8
 
 
+def test_the_default_cache_budget_is_shared_by_the_processes_of_one_machine(monkeypatch):
+    from resnetlab.data import loader
+
+    monkeypatch.delenv("RESNETLAB_CACHE_BUDGET", raising=False)
+    monkeypatch.setattr(loader, "available_memory", lambda: 8 << 30)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader.cache_budget() == 4 << 30
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun --nproc-per-node 4: each caches the whole dataset
+    assert loader.cache_budget() == 1 << 30
+    assert loader.cache_budget("2G") == 2 << 30  # an explicit budget is per process
+
+
 def test_cache_budget_refusal(tmp_path, samples_of):
     with pytest.raises(ResnetlabError, match="budget"):
         ImageDataset(samples_of(), build_transform("eval", 32, MEAN, STD), cache="ram", cache_budget_bytes=100)

@@ -115,6 +115,22 @@ def test_resnet50_unchanged_but_for_speed():
         torch.testing.assert_close(fast(x), plain(x))  # fp32: the same convolution
 
 
+def test_every_gradient_has_its_parameters_strides():
+    # DDP lays each gradient into a bucket view with its parameter's strides and copies (with a warning) any that
+    # differ: the 1x1 weights of a channels_last model did, after the matrix product's backward.
+    from resnetlab.engine.bn_act import enable_fused_bn_act
+
+    model = create_model("resnet50", num_classes=3).train().to(memory_format=torch.channels_last)
+    enable_fused_bn_act(model)
+    enable_matmul_1x1(model)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).float().sum().backward()
+    assert model.layer1[0].conv1.weight.grad is not None
+    for name, p in model.named_parameters():
+        assert p.grad.stride() == p.stride(), name
+
+
 def test_fit_takes_the_matmul_in_bf16_and_resumes_exactly(digits_dir, tmp_path, monkeypatch):
     from resnetlab.engine.fit import fit
     from tests.engine.conftest import full_and_resumed, tiny_config

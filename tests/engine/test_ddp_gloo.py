@@ -12,6 +12,7 @@ float-rounding noise in near-zero gradients into differences of a whole step (se
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -97,8 +98,29 @@ def test_two_gloo_ranks_with_muon_track_one_process(tmp_path):
     assert trained >= 40  # the 19 conv filters, the head and the BatchNorm affine parameters
 
 
-def test_sigterm_to_torchrun_stops_every_rank_with_the_same_advice(tmp_path):
-    # torchrun passes SIGTERM on to its workers; only rank 0 writes last.pt, yet every rank's line must name it.
+def test_validation_under_torchrun_is_of_the_weights_rank_0_saves(tmp_path, capsys):
+    # Each rank's BatchNorm statistics follow its own half-batches; unless they are made one before validation, the
+    # second rank validates its shard with another model than the one saved, and history.csv disagrees with `eval`.
+    import csv
+
+    from resnetlab.cli import main
+
+    data = write_digits(tmp_path / "data", {0: 12, 1: 12, 2: 12, 3: 12})
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    args = ["--model", "resnet20", "--img-size", "16", "--epochs", "1", "--batch-size", "8", "--workers", "0"]
+    args += ["--device", "cpu", "--amp", "off", "--cache", "none", "--no-progress", "--augment", "none"]
+    _run([*torchrun, "-m", "resnetlab", "train", str(data), *args, "--out", str(tmp_path / "run")])
+    with open(tmp_path / "run" / "history.csv") as f:
+        row = next(csv.DictReader(f))
+    assert main(["eval", str(tmp_path / "run" / "last.pt"), "--amp", "off", "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["num_samples"] == 8
+    assert report["loss"] == pytest.approx(float(row["val_loss"]), abs=1e-5)
+
+
+def test_sigterm_to_torchrun_stops_every_rank_with_one_line_of_advice(tmp_path):
+    # torchrun passes SIGTERM on to its workers; rank 0 writes last.pt and says, once, what it holds and how to go on
+    # (in torchrun's form); the other rank stops with the same exit code and says nothing.
     data = write_digits(tmp_path / "data", {0: 10, 1: 10, 2: 10, 3: 10})
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     args = ["--model", "resnet20", "--img-size", "16", "--epochs", "100", "--batch-size", "8", "--workers", "0"]
@@ -106,12 +128,12 @@ def test_sigterm_to_torchrun_stops_every_rank_with_the_same_advice(tmp_path):
     cmd = [*torchrun, "-m", "resnetlab", "train", str(data), *args, "--out", str(tmp_path / "run")]
     _, err = sigterm_after(cmd, "epoch   2/", env={**os.environ, "OMP_NUM_THREADS": "1"})
     run = tmp_path / "run"
-    advice = f"continue with resnetlab train --resume {run}"
+    advice = f"continue with torchrun --nproc-per-node 2 -m resnetlab train --resume {run}"
     said = [ln for ln in err.splitlines() if ln.startswith("resnetlab train: error:")]
     pattern = rf"resnetlab train: error: terminated; {re.escape(str(run / 'last.pt'))} holds epoch (\d+): "
     epochs = [int(m.group(1)) for ln in said if (m := re.fullmatch(pattern + re.escape(advice), ln))]
-    assert len(said) == 2 and len(epochs) == 2, err[-3000:]
-    assert load_checkpoint(run / "last.pt")["epoch"] in epochs and min(epochs) >= 2
+    assert len(said) == 1 and len(epochs) == 1, err[-3000:]
+    assert load_checkpoint(run / "last.pt")["epoch"] == epochs[0] >= 2
 
 
 def test_more_ranks_than_gpus_is_one_clear_line_on_every_rank(monkeypatch):
@@ -194,3 +216,18 @@ def test_epoch_cut_follows_rank_0s_clock_on_every_rank(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     results = [json.load(open(o)) for o in outs]
     assert results[0] == results[1] == {"left_at": 10, "ends": [10]}
+
+
+def test_sync_bn_on_the_cpu_is_refused_before_any_set_up(tmp_path, monkeypatch):
+    # SyncBatchNorm has no CPU kernel: the refusal comes before the data scan, and leaves no run folder behind.
+    from resnetlab.engine import distributed as ddp
+    from resnetlab.engine.fit import fit
+    from resnetlab.errors import ResnetlabError
+    from tests.engine.conftest import tiny_config
+
+    monkeypatch.setattr(ddp, "init_distributed", lambda device=None: ddp.DistInfo(rank=0, world_size=2))
+    monkeypatch.setattr("resnetlab.data.folder.make_splits", lambda *a, **k: pytest.fail("scanned the data"))
+    cfg = tiny_config(tmp_path / "data", tmp_path / "run", sync_bn=True, device="cpu")
+    with pytest.raises(ResnetlabError, match="--sync-bn needs CUDA"):
+        fit(cfg)
+    assert not (tmp_path / "run").exists()
