@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     # Pillow warns on opening an image between its pixel limit and twice it; every reader here refuses such a file
     # itself with a one-line reason (`data.images`), so the multi-line warning would only repeat it.
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")  # without importing PIL
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not valid UTF-8 (Python holds its odd bytes as lone surrogates) must not crash a report
+        # printed under a strict UTF-8 locale: it prints as `caf\udce9.jpg`, which --json readers turn back into it.
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, where it is handled, rather than at the exit's flush

@@ -39,10 +39,19 @@ def cross_entropy(logits: Any, labels: Any) -> float:
     return float(-logp[np.arange(labels.size), labels].mean())
 
 
+def top_classes(scores: Any, k: int) -> tuple[Any, Any]:
+    """(values, indices) of the k highest scores of each row of a torch tensor (N, K), best first, ties broken by the
+    lower class index: as `np.argmax`, `torch.argmax` and `topk_accuracy` break them. `torch.topk` leaves the order
+    of equal scores unspecified (it gave [2, 4, 1] for a row tied at 1, 2 and 4), and bf16 logits tie often enough
+    that validation, `eval` and `predict` disagreed on the same image."""
+    values, indices = scores.sort(dim=1, descending=True, stable=True)
+    return values[:, :k], indices[:, :k]
+
+
 def topk_accuracy(logits: Any, labels: Any, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
     """Fraction of samples whose true label is among the k highest logits, for each k (k capped at #classes).
 
-    Ties are broken by index order (stable sort), the same way `predictions` breaks them.
+    Ties are broken by index order (stable sort), as `top_classes` and argmax break them.
     """
     logits = _as_numpy(logits)
     labels = _as_numpy(labels).astype(np.int64)
@@ -75,13 +84,22 @@ def per_class_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
     precision = _safe_div(tp, predicted)
     recall = _safe_div(tp, support)
     f1 = _safe_div(2 * precision * recall, precision + recall)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": support.astype(np.int64),
+        "predicted": predicted.astype(np.int64),
+    }
 
 
 def averages(per_class: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Macro (unweighted over classes with support) and support-weighted averages of precision, recall and F1."""
+    """Macro (unweighted over the classes in the data or the predictions, as scikit-learn's) and support-weighted
+    averages of precision, recall and F1."""
     support = per_class["support"].astype(np.float64)
-    present = support > 0  # classes absent from the data would drag macro averages to 0 for no reason
+    # A class neither in the data nor predicted would drag macro averages to 0 for no reason; one only predicted
+    # stays: its wrong predictions are precision lost (left out, a folder of one class scored macro precision 1.0).
+    present = (support > 0) | (per_class["predicted"] > 0)
     out: dict[str, dict[str, float]] = {"macro": {}, "weighted": {}}
     for name in ("precision", "recall", "f1"):
         values = per_class[name]

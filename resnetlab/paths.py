@@ -41,3 +41,29 @@ def atomic_temp(dst: Path, suffix: str) -> tuple[int, str]:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     return fd, tmp
+
+
+def write_json(path: str | os.PathLike, obj: object) -> Path:
+    """`obj` as indented JSON at `path`, written atomically (a failure leaves the previous file, never a cut one).
+
+    Non-ASCII text stays readable (class names in any script), except where a string holds a file name that is not
+    valid UTF-8 (a Latin-1 zip unpacked on Linux: Python keeps its bytes as lone surrogates, which UTF-8 cannot
+    encode): then the file is written all in ASCII escapes, which any JSON reader turns back into the same name.
+    """
+    import json
+
+    path = Path(path)
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = (json.dumps(obj, indent=2) + "\n").encode("ascii")
+    fd, tmp = atomic_temp(path, ".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

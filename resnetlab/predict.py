@@ -25,6 +25,7 @@ from torch import nn
 
 from resnetlab.engine.precision import Precision, inference_mode, resolve_precision
 from resnetlab.errors import ResnetlabError
+from resnetlab.metrics import top_classes
 
 ImageInput = str | os.PathLike | Image.Image
 # Images per forward pass when the caller does not say. On the 2-core CPU, ResNet-50 in bf16 predicted 62.2 img/s
@@ -243,7 +244,7 @@ class Classifier:
     def topk(self, log_probs: torch.Tensor, k: int = 5) -> list[Prediction]:
         """Best-first `[{"label", "score"}]` lists from log-probabilities (N, K); score is the probability."""
         k = max(1, min(k, len(self.classes)))
-        probs, idx = log_probs.exp().topk(k, dim=1)
+        probs, idx = top_classes(log_probs.exp(), k)  # ties to the lower index, as `eval` and validation
         return [
             [{"label": self.classes[j], "score": float(p)} for p, j in zip(prow.tolist(), irow.tolist())]
             for prow, irow in zip(probs, idx)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from resnetlab.engine.checkpoint import load_checkpoint, resolve_checkpoint_path
     from resnetlab.errors import ResnetlabError
     from resnetlab.metrics import classification_report, format_report
+    from resnetlab.paths import write_json
     from resnetlab.predict import Classifier, load
     from resnetlab.report.eval_plots import plot_confusion_matrix, plot_mistakes
 
@@ -142,7 +142,10 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"evaluating {ckpt_path} ({clf.precision.describe()}) on {len(samples)} images: {described}")
     if absent := [name for name in clf.classes if name not in data_classes]:
-        print(f"note: no images of {', '.join(absent)} there: support 0, left out of the macro averages")
+        print(
+            f"note: no images of {', '.join(absent)} there: support 0; in the macro averages only where predicted"
+            " (as scikit-learn counts them)"
+        )
     if skipped:
         print(f"skipped {len(skipped)} unreadable files while scanning (first: {skipped[0][0]}: {skipped[0][1]})")
     paths = [str(p) for p, _ in samples]
@@ -172,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         "failed": [{"path": paths[i], "error": reason} for i, reason in failed],
         "skipped": [{"path": str(p), "error": reason} for p, reason in skipped],
     }
-    (out / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(out / "eval.json", result)
     plot_confusion_matrix(report["confusion_matrix"], clf.classes, out / "confusion_matrix.png")
     plot_mistakes([paths[i] for i in ok], labels.numpy(), scores.exp().numpy(), clf.classes, out / "mistakes.png")
     print(f"wrote eval.json, confusion_matrix.png, mistakes.png to {out}")

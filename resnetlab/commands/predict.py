@@ -98,7 +98,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 def write_csv(results: list[dict[str, Any]], path: str | os.PathLike, topk: int) -> None:
     header = ["path"] + [f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("label", "score")] + ["error"]
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    # surrogateescape: a file name that is not valid UTF-8 is written as the bytes it has on disk.
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for r in results:
@@ -118,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
         raise ResnetlabError(f"--topk {args.topk}: must be at least 1")
     if args.grid:
         picture_path(args.grid, "--grid")
+    if args.csv:  # checked and its folder made before the model runs, as for --grid
+        if Path(args.csv).is_dir():
+            example = Path(args.csv) / "predictions.csv"
+            raise ResnetlabError(f"--csv {args.csv} is a folder; name a file, e.g. {example}")
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     entries = expand_inputs(args.inputs)
     clf = load(args.checkpoint, device=args.device, amp=args.amp)
     topk = min(args.topk or (5 if len(clf.classes) >= 5 else 1), len(clf.classes))

@@ -11,6 +11,7 @@ from torch import nn
 from resnetlab.engine.distributed import DistInfo, all_reduce_sum
 from resnetlab.engine.precision import Precision, inference_mode
 from resnetlab.engine.train import split_outputs
+from resnetlab.metrics import top_classes
 
 
 def evaluate(model: nn.Module, loader: Iterable, precision: Precision, info: DistInfo = DistInfo()) -> dict[str, float]:
@@ -25,7 +26,7 @@ def evaluate(model: nn.Module, loader: Iterable, precision: Precision, info: Dis
             logits, _ = split_outputs(model(images))
             logits = logits.float()  # (B, num_classes)
             k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices  # (B, k)
+            top = top_classes(logits, k)[1]  # (B, k); ties to the lower index, as in training's accuracy
             hits = top == labels[:, None]
             totals += torch.stack(
                 [

@@ -66,6 +66,32 @@ def test_classes_without_samples_do_not_drag_macro_average():
     assert report["per_class"][2]["support"] == 0
 
 
+def test_a_class_only_predicted_counts_in_the_macro_average_as_in_scikit_learn():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    logits = np.array([[2.0, 0, 0], [0, 2, 0], [0, 2, 0], [0, 0, 2]])
+    labels = np.array([0, 0, 0, 0])  # one class in the data; the model also says b and c
+    report = metrics.classification_report(logits, labels, ["a", "b", "c"])
+    expected = precision_recall_fscore_support(labels, logits.argmax(1), average="macro", zero_division=0)
+    assert report["macro"]["precision"] == pytest.approx(expected[0]) == pytest.approx(1 / 3)
+    assert report["macro"]["f1"] == pytest.approx(expected[2])
+
+
+def test_ties_break_to_the_lower_class_index_everywhere():
+    # bf16 logits tie; validation, eval and predict must name the same class for a tied image.
+    import torch
+
+    from resnetlab.predict import Classifier
+
+    tied = torch.tensor([[0.1, 0.5, 0.5, 0.2, 0.5]])
+    assert metrics.top_classes(tied, 3)[1].tolist() == [[1, 2, 4]]
+    assert int(np.argmax(tied.numpy(), axis=1)[0]) == int(tied.argmax(1)[0]) == 1
+    assert metrics.topk_accuracy(tied, [1], ks=(1,))[1] == 1.0
+    clf = Classifier.__new__(Classifier)
+    clf.classes = list("abcde")
+    assert [p["label"] for p in clf.topk(tied.log_softmax(1), 3)[0]] == ["b", "c", "e"]
+
+
 def test_format_report_lists_every_class(random_case):
     logits, labels = random_case
     text = metrics.format_report(metrics.classification_report(logits, labels, [f"class {i}" for i in range(7)]))

@@ -74,6 +74,27 @@ def test_csv_and_grid(capsys, tiny_run, mixed_inputs, tmp_path):
         assert len(np.unique(np.asarray(im.convert("L")))) > 10  # real content, not a blank canvas
 
 
+def test_a_file_name_that_is_not_utf8_is_written_as_it_is(capsys, tiny_run, tiny_data, tmp_path):
+    # A Latin-1 name unpacked on Linux: Python holds its byte 0xff as a lone surrogate, which UTF-8 cannot encode.
+    import os
+    import shutil
+
+    folder = tmp_path / "odd"
+    (folder / "glass").mkdir(parents=True)
+    raw = os.fsencode(folder / "glass") + b"/caf\xe9 \xff.jpg"
+    shutil.copy(next((tiny_data / "glass").glob("*.jpg")), raw)
+    name = os.fsdecode(raw)
+    csv_path = tmp_path / "new" / "folder" / "out.csv"  # made before the model runs
+    assert main(["predict", str(tiny_run), name, "--csv", str(csv_path)]) == 0
+    assert os.fsencode(name) in csv_path.read_bytes()  # the bytes the name has on disk
+    assert main(["eval", str(tiny_run), str(folder), "--out", str(tmp_path / "e")]) == 0
+    report = json.loads((tmp_path / "e" / "eval.json").read_text(encoding="utf-8"))
+    assert report["num_samples"] == 1  # written (in ASCII escapes), not cut off by the name
+    assert report["top1"] == 1.0 or [m["path"] for m in report["mistakes"]] == [name]  # read back as the same name
+    assert main(["predict", str(tiny_run), name, "--csv", str(tmp_path)]) == 2  # a folder: refused at once
+    assert "is a folder; name a file" in capsys.readouterr().err
+
+
 def test_tta_flag_and_bad_options(capsys, tiny_run, tiny_data):
     image = str(sorted((tiny_data / "glass").glob("*.jpg"))[0])
     code, results = run_json(capsys, str(tiny_run), image, "--tta", "--topk", "3")
