@@ -167,11 +167,15 @@ def save_explanation(result: Explanation, path: str | os.PathLike) -> Path:
     outside[max(0, round(top)) : max(0, round(bottom)), max(0, round(left)) : max(0, round(right))] = False
     blended[outside] = np.asarray(result.image.convert("RGB"), dtype=np.float32)[outside] * 0.4
     aspect = result.image.height / result.image.width
-    fig = Figure(figsize=(10, 5 * aspect + 0.8))
+    # A 10x2000 strip gave a 990x95,541 px picture and a 3000x10 one panels 2 px tall: beyond 1:5 and 3:1 the panels
+    # keep those bounds and the image stretches to them.
+    shown = min(max(aspect, 0.2), 3.0)
+    stretch = "auto" if shown != aspect else None
+    fig = Figure(figsize=(10, 5 * shown + 0.8))
     ax_img, ax_cam = fig.subplots(1, 2)
-    ax_img.imshow(result.image)
+    ax_img.imshow(result.image, aspect=stretch)
     ax_img.set_title("image")
-    ax_cam.imshow(blended.astype(np.uint8))
+    ax_cam.imshow(blended.astype(np.uint8), aspect=stretch)
     ax_cam.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, ec="white", lw=1, ls="--"))
     ax_cam.set_title(f"Grad-CAM: {result.label} ({result.score:.2f})")
     for ax in (ax_img, ax_cam):

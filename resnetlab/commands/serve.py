@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import socket
 import sys
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from resnetlab.predict import load
     from resnetlab.serve.app import create_app
 
-    if args.max_upload_mb <= 0:
+    if not math.isfinite(args.max_upload_mb) or args.max_upload_mb <= 0:  # nan and inf are floats too
         raise ResnetlabError(f"--max-upload-mb {args.max_upload_mb}: must be positive")
     if args.max_pixels < 1:
         raise ResnetlabError(f"--max-pixels {args.max_pixels}: must be positive")

@@ -31,6 +31,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from resnetlab.data.loader import stack_channels_last
 
@@ -101,12 +103,15 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     stream = request.stream()  # one iterator: draining continues where reading stopped
     chunks, size = [], 0
     if not too_big:
-        async for chunk in stream:
-            size += len(chunk)
-            if size > max_bytes:
-                too_big = True
-                break
-            chunks.append(chunk)
+        try:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > max_bytes:
+                    too_big = True
+                    break
+                chunks.append(chunk)
+        except ClientDisconnect:  # hung up mid-upload: nobody to answer, and nothing for the log but a line
+            raise HTTPException(400, "client disconnected before the upload ended") from None
     if too_big:
         with contextlib.suppress(Exception):  # a client that hangs up mid-upload is fine: it gets nothing either way
             async for chunk in stream:
@@ -130,14 +135,19 @@ async def upload_bytes(request: Request, max_bytes: int) -> bytes:
         return {"type": "http.request", "body": chunk, "more_body": False}
 
     form_request = Request(request.scope, receive=replay)
+    sent_file = b'name="file"' in body
     try:
         async with form_request.form(max_files=1, max_fields=16) as form:
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
+                if sent_file:  # the part is there, but the parser never reached its end
+                    raise HTTPException(400, "multipart upload ends before its closing boundary; send the whole body")
                 raise HTTPException(400, "multipart upload needs a file in the field named 'file'")
             return await upload.read()
     except HTTPException:
         raise
+    except StarletteHTTPException as exc:  # the form parser's own limits ("Too many files ...")
+        raise HTTPException(exc.status_code, f"multipart upload: {exc.detail} (send one image per request)") from exc
     except Exception as exc:  # malformed multipart body
         raise HTTPException(400, f"malformed multipart upload: {str(exc)[:200]}") from exc
 

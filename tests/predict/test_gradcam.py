@@ -90,3 +90,14 @@ def test_explain_command(capsys, tiny_run, tiny_data, tmp_path, monkeypatch):
     broken.write_text("no image here")
     assert main(["explain", str(tiny_run), str(broken), "--out", str(out)]) == 2
     assert "broken.jpg" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [(10, 2000), (3000, 10)])
+def test_extreme_aspect_ratios_give_a_usable_picture(capsys, tiny_run, tmp_path, size):
+    # A 10x2000 strip drew a 990x95,541 px picture, a 3000x10 one panels 2 px tall.
+    image = tmp_path / "strip.png"
+    Image.new("RGB", size, (90, 140, 200)).save(image)
+    out = tmp_path / "cam.png"
+    assert main(["explain", str(tiny_run), str(image), "--out", str(out)]) == 0
+    with Image.open(out) as picture:
+        assert picture.height <= 1700 and picture.height >= 150, picture.size

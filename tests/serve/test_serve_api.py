@@ -147,6 +147,36 @@ def test_bombs_and_bad_images_refused(client, check_images, tmp_path) -> None:
     assert ok.status_code == 200 and len(ok.json()) == 5
 
 
+def test_multipart_mistakes_are_named(client, check_images) -> None:
+    image = check_images[0].read_bytes()
+    two = client.post("/predict", files=[("file", ("a.png", image)), ("file", ("b.png", image))])
+    assert two.status_code == 400 and "send one image per request" in two.json()["detail"]
+    assert "malformed" not in two.json()["detail"]
+    boundary = "xyz123"
+    cut = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+           "Content-Type: image/png\r\n\r\n").encode() + image  # fmt: skip
+    res = client.post("/predict", content=cut, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert res.status_code == 400 and "closing boundary" in res.json()["detail"]
+
+
+def test_a_client_that_hangs_up_mid_upload_leaves_no_traceback(base_url, client, caplog) -> None:
+    import logging
+    import socket
+
+    host, port = base_url.removeprefix("http://").split(":")
+    with caplog.at_level(logging.ERROR):
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+                + b"\xff\xd8" * 1000
+            )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and client.get("/health").status_code == 200 and not caplog.records:
+            time.sleep(0.2)
+    assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
+    assert client.get("/health").json()["status"] == "ok"
+
+
 def test_concurrent_requests(base_url, clf, check_images) -> None:
     want = {p.name: clf.predict(p, topk=3)[0] for p in check_images}
     jobs = [check_images[i % len(check_images)] for i in range(24)]
@@ -216,8 +246,9 @@ def test_micro_batcher_groups_concurrent_images() -> None:
 def test_serve_command_validates_options(tiny_ckpt, capsys) -> None:
     from resnetlab.cli import main
 
-    assert main(["serve", str(tiny_ckpt), "--max-upload-mb", "0"]) == 2
-    assert "--max-upload-mb" in capsys.readouterr().err
+    for bad in ("0", "nan", "inf"):
+        assert main(["serve", str(tiny_ckpt), "--max-upload-mb", bad]) == 2
+        assert f"--max-upload-mb {float(bad)}: must be positive" in capsys.readouterr().err
     assert main(["serve", str(tiny_ckpt) + ".missing"]) == 2
     assert "no such run folder or checkpoint" in capsys.readouterr().err
 
