@@ -94,9 +94,11 @@ def build_model(
     from resnetlab.models import create_model
 
     model = create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained if pretrained else None)
-    head = {"hidden": list(cfg.head), "dropout": cfg.dropout} if cfg.head or cfg.dropout else None
-    if head:
+    carried = getattr(model, "pretrained_head", None)  # a trained head that --pretrained RUN/best.pt brought
+    head = {"hidden": list(cfg.head), "dropout": float(cfg.dropout)} if cfg.head or cfg.dropout else None
+    if head and head != carried:
         replace_head(model, num_classes, **head)
+    head = head or carried
     c, h, w = model.default_cfg["input_size"]
     size = (cfg.img_size, cfg.img_size) if cfg.img_size else (h, w)
     model.default_cfg = {**model.default_cfg, "input_size": (c, *size)}
@@ -669,6 +671,8 @@ class Trainer:
             check_resumed_data(self.splits, ckpt, log)
         train_sizes = [self.splits.sizes[p] for p, _ in self.splits.train if p in self.splits.sizes]
         model, self.head_spec = build_model(cfg, self.splits.num_classes, pretrained=ckpt is None, sizes=train_sizes)
+        if carried := getattr(model, "pretrained_head", None):
+            cfg = self.cfg = self._record_carried_head(cfg, carried)
         self._prepare_model(model, ckpt)
         self.data = build_data(cfg, model.default_cfg, info, self.precision, self.splits)
         self.cached = uses_feature_cache(cfg, info)
@@ -750,6 +754,16 @@ class Trainer:
         best_epoch = int(ckpt["metrics"].get("best_epoch", 0))
         if summary.get("stopped_early") and cfg.patience and epoch - best_epoch >= cfg.patience:
             raise RunFinished(Path(cfg.resume), epoch, budget_bound=False, patience=cfg.patience)
+
+    def _record_carried_head(self, cfg: TrainConfig, carried: dict[str, Any]) -> TrainConfig:
+        """The config of a run whose --pretrained checkpoint brought a trained MLP head: it says that head, so that
+        config.yaml, the checkpoints and --resume rebuild the model it trains (they named none, and failed to load)."""
+        shown = f"hidden {','.join(map(str, carried['hidden'])) or 'none'}, dropout {carried['dropout']:g}"
+        if self.head_spec == carried:
+            self.log(f"note: {cfg.pretrained} brings its trained head ({shown}); the run trains on from it")
+            return dataclasses.replace(cfg, head=list(carried["hidden"]), dropout=carried["dropout"])
+        self.log(f"note: --head/--dropout replace the trained head ({shown}) that {cfg.pretrained} brought")
+        return cfg
 
     def _prepare_model(self, model: nn.Module, ckpt: dict[str, Any] | None) -> None:
         """The model on its device and memory format, resumed weights, CPU kernels and the EMA copy."""

@@ -406,6 +406,8 @@ def load_pretrained(model: nn.Module, arch: str, pretrained: str | os.PathLike, 
 
             head = meta["head"]
             replace_head(model, num_classes, hidden=head.get("hidden", ()), dropout=head.get("dropout", 0.0))
+            # What the model now carries, for a run started from it to record (its checkpoints must rebuild it).
+            model.pretrained_head = {"hidden": list(head.get("hidden", ())), "dropout": float(head.get("dropout", 0.0))}
         cfg = meta.get("default_cfg")
         known = IMAGENET_WEIGHTS.get(arch)
         if known is not None and path.name == known.file:  # the ImageNet file, fetched by hand as offline users do

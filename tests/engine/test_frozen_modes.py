@@ -97,3 +97,29 @@ def test_checkpoints_get_the_mode_a_plain_write_gets(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "best.pt").stat().st_mode & 0o777 == (tmp_path / "history.csv").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_run_started_from_a_run_with_an_mlp_head_records_that_head(digits_dir, tmp_path):
+    # `--pretrained RUN/best.pt` installs RUN's trained head; the new run's config and checkpoints must say so, or
+    # eval, export and --resume cannot rebuild the model (they failed on the head's keys).
+    from resnetlab.engine.checkpoint import model_from_checkpoint
+
+    first = tiny_config(digits_dir, tmp_path / "a", epochs=1, head=[16], dropout=0.3)
+    fit(first, log=lambda _: None)
+    said = []
+    fit(tiny_config(digits_dir, tmp_path / "b", epochs=1, pretrained=str(tmp_path / "a" / "best.pt")), log=said.append)
+    assert any("brings its trained head (hidden 16, dropout 0.3)" in line for line in said)
+    ckpt = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert ckpt["head"] == {"hidden": [16], "dropout": 0.3}
+    assert ckpt["config"]["head"] == [16] and ckpt["config"]["dropout"] == 0.3
+    model_from_checkpoint(ckpt)  # rebuilds and loads strictly
+    from resnetlab.cli import main
+
+    assert main(["train", "--resume", str(tmp_path / "b"), "--epochs", "2", "--no-progress"]) == 0  # its config.yaml
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2
+    # Asking for the same head keeps the trained one; another replaces it, with a note.
+    said.clear()
+    other = tiny_config(digits_dir, tmp_path / "c", epochs=1, pretrained=str(tmp_path / "a" / "best.pt"), head=[8])
+    fit(other, log=said.append)
+    assert any("replace the trained head (hidden 16, dropout 0.3)" in line for line in said)
+    assert load_checkpoint(tmp_path / "c" / "last.pt")["head"] == {"hidden": [8], "dropout": 0.0}
