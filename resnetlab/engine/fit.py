@@ -875,7 +875,13 @@ class Trainer:
                 f"time budget {self.cfg.time}: {self.elapsed():.0f} s used; epoch {done} ended after {cut_at} of its"
                 f" {steps} steps, where the budget runs out, and the run ends with it{advice}"
             )
-        self.epoch_seconds.append((self.phases[self.phase][0], now - self.mark))  # saving included
+        kind, seconds = self.phases[self.phase][0], now - self.mark  # saving included
+        if whole_epoch_s is not None and all(k != kind for k, _ in self.epoch_seconds):
+            # The first epoch of a kind pays one-off costs (2x a later one in a small run): planned on its own, it
+            # shrank the plan, the next epoch's real time grew it again, and the LR, annealed, rose. Its pace after
+            # the first step (EpochCut's estimate) is what the next will take.
+            seconds = min(seconds, whole_epoch_s)
+        self.epoch_seconds.append((kind, seconds))
         self.mark = now
         if self.budget is None:
             return None

@@ -110,13 +110,16 @@ def test_length_free_schedules_are_kept(name):
 
 @pytest.fixture
 def fake_clock(monkeypatch):
-    """Every epoch takes 10 s of a fake wall clock; nothing else takes time."""
+    """Every epoch takes 10 s of a fake wall clock, step by step; nothing else takes time."""
     now = [0.0]
     real = fit_module.train_one_epoch
 
-    def ten_seconds(*args, **kwargs):
-        now[0] += 10.0
-        return real(*args, **kwargs)
+    def ten_seconds(model, loader, *args, stop=None, **kwargs):
+        def tick(done: int) -> bool:
+            now[0] += 10.0 / len(loader)
+            return stop(done) if stop is not None else False
+
+        return real(model, loader, *args, stop=tick, **kwargs)
 
     monkeypatch.setattr(fit_module, "clock", lambda: now[0])
     monkeypatch.setattr(fit_module, "train_one_epoch", ten_seconds)
@@ -193,10 +196,15 @@ def test_staged_budget_prices_unfrozen_epochs_before_they_run(digits_dir, tmp_pa
     now, calls = [0.0], [0]
     real = fit_module.train_one_epoch
 
-    def timed(*args, **kwargs):
+    def timed(model, loader, *args, stop=None, **kwargs):
         calls[0] += 1
-        now[0] += 10.0 if calls[0] <= 2 else 10.0 * UNFROZEN_COST
-        return real(*args, **kwargs)
+        seconds = 10.0 if calls[0] <= 2 else 10.0 * UNFROZEN_COST
+
+        def tick(done: int) -> bool:  # the epoch's time passes step by step, as the budget's pace sees it
+            now[0] += seconds / len(loader)
+            return stop(done) if stop is not None else False
+
+        return real(model, loader, *args, stop=tick, **kwargs)
 
     monkeypatch.setattr(fit_module, "clock", lambda: now[0])
     monkeypatch.setattr(fit_module, "train_one_epoch", timed)
@@ -210,6 +218,32 @@ def test_staged_budget_prices_unfrozen_epochs_before_they_run(digits_dir, tmp_pa
     timed_ckpt, plain = load_checkpoint(tmp_path / "timed" / "last.pt"), load_checkpoint(tmp_path / "plain" / "last.pt")
     for key, value in plain["model"].items():
         assert torch.equal(value, timed_ckpt["model"][key]), key
+
+
+def test_a_slow_first_epoch_does_not_shrink_the_plan_that_later_epochs_fit(digits_dir, tmp_path, monkeypatch):
+    # The first epoch pays one-off costs: its first step takes 10 s here, the rest 10 s in all, as every later epoch.
+    # Planned on its wall time (20 s) the 60 s budget fitted 3 epochs, the next epoch's 10 s grew the plan to 4 and
+    # the LR, annealed for 3, rose again; its pace after the first step says 10 s (plus its validation, estimated),
+    # so the plan is 4 from the start.
+    now, calls = [0.0], [0]
+    real = fit_module.train_one_epoch
+
+    def timed(model, loader, *args, stop=None, **kwargs):
+        calls[0] += 1
+
+        def tick(done: int) -> bool:
+            now[0] += (10.0 if calls[0] == 1 and done == 1 else 0.0) + 10.0 / len(loader)
+            return stop(done) if stop is not None else False
+
+        return real(model, loader, *args, stop=tick, **kwargs)
+
+    monkeypatch.setattr(fit_module, "clock", lambda: now[0])
+    monkeypatch.setattr(fit_module, "train_one_epoch", timed)
+    lines: list[str] = []
+    fit(tiny_config(digits_dir, tmp_path / "run", epochs=10, time="60s"), log=lines.append)
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/4", "2/4", "3/4", "4/4"]
+    lrs = [float(row["lr"]) for row in csv.DictReader(open(tmp_path / "run" / "history.csv"))]
+    assert lrs == sorted(lrs, reverse=True)  # annealing, never rising
 
 
 def test_cli_says_how_many_epochs_fit(digits_dir, tmp_path, fake_clock, capsys):
