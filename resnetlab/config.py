@@ -132,7 +132,11 @@ class TrainConfig:
     head: list[int] = _f([], "hidden sizes of an MLP head replacing the classifier, e.g. 512,256")
     dropout: float = _f(0.0, "dropout before the classifier (and in the MLP head)")
     freeze_epochs: int = _f(1, "staged mode: epochs training only the head before unfreezing")
-    lr_mult: float = _f(100.0, "staged mode: the first stage trains at lr/lr_mult, rising geometrically to the head")
+    lr_mult: float = _f(
+        100.0,
+        "staged mode, once unfrozen: the head trains at lr/2 (fastai's fine_tune), the first stage at"
+        " lr/2/lr_mult, the stages between rising geometrically",
+    )
     freeze_bn: bool = _f(False, "keep every BatchNorm in eval mode (frozen statistics, affine still trains)")
     bn_stats: str = _f(
         "epoch",

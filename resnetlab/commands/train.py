@@ -123,7 +123,11 @@ def run(args: argparse.Namespace) -> int:
     summary = fit(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best_val_acc"]
-        acc = f"best val accuracy {best:.4f} at epoch {summary['best_epoch']}" if best is not None else "no val split"
+        acc = (
+            f"best val accuracy {best:.4f} at epoch {summary['best_epoch']}"
+            if best is not None
+            else f"no val split (last train accuracy {summary['final_train_acc']:.4f})"
+        )
         fitted = ""
         if summary["time_budget_s"] is not None and summary["epochs_planned"] < cfg.epochs:
             fitted = f" ({summary['epochs_planned']} of {cfg.epochs} epochs fit the {cfg.time} budget)"

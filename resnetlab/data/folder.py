@@ -367,6 +367,11 @@ def make_splits(
     if not 0.0 <= val_fraction < 1.0:
         raise ResnetlabError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     _require_folder(root)
+    if val_dir is not None and val_dir == root:
+        raise ResnetlabError(
+            f"--val-dir {val_dir} is the training folder itself: validation would score the images it trains on; give"
+            " a separate folder, or leave --val-dir out to hold out --val-fraction of each class"
+        )
     skipped: list[tuple[Path, str]] = []
     sizes: dict[Path, tuple[int, int]] = {}
 
@@ -379,8 +384,9 @@ def make_splits(
     for split in ("val", "test"):
         extra = sorted(set(by_split.get(split, {})) - set(train_classes))
         if extra:
+            where = f"--val-dir {val_dir}" if split == "val" and layout == "val_dir" else f"{root}: {split}"
             raise ResnetlabError(
-                f"{root}: {split} has classes missing from train: {', '.join(extra)}; "
+                f"{where} has classes missing from train: {', '.join(extra)}; "
                 "add training images for them or remove them"
             )
 

@@ -475,6 +475,12 @@ def fit(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         ddp.cleanup(info)
 
 
+# Options that act on validation accuracy (early stopping, the plateau schedule): idle without a validation split.
+NEEDS_VAL: dict[str, Callable[[TrainConfig], bool]] = {
+    "--patience": lambda cfg: bool(cfg.patience),
+    "--sched plateau": lambda cfg: cfg.sched == "plateau",
+}
+
 # What a run is made of: its weights, optimizer state and phases only fit the values it started with.
 RESUME_FIXED = ("model", "head", "dropout", "mode", "freeze_epochs", "opt")
 # What only says where, how long or how visibly a run goes on: changing these on --resume is a plain continuation.
@@ -669,6 +675,9 @@ class Trainer:
             )
         if ckpt is not None:
             check_resumed_data(self.splits, ckpt, log)
+        if not self.splits.val and (watching := [f for f, on in NEEDS_VAL.items() if on(cfg)]):
+            log(f"warning: {' and '.join(watching)} watch validation accuracy, and this run has no validation split:"
+                " they do nothing; give --val-fraction or a val folder")  # fmt: skip
         train_sizes = [self.splits.sizes[p] for p, _ in self.splits.train if p in self.splits.sizes]
         model, self.head_spec = build_model(cfg, self.splits.num_classes, pretrained=ckpt is None, sizes=train_sizes)
         if carried := getattr(model, "pretrained_head", None):
@@ -1033,8 +1042,10 @@ class Trainer:
             "lr": self.lr,  # the peak rate and decay in use
             "weight_decay": self.wd,
             "best_epoch": self.best_epoch,
-            "best_val_acc": self.best_acc if self.best_acc >= 0 else None,
-            "final_val_acc": self.history[-1]["val_acc"] if self.history else None,
+            # Without a validation split the last epoch counts as the best, but its accuracy is a training one.
+            "best_val_acc": self.best_acc if self.best_acc >= 0 and self.splits.val else None,
+            "final_val_acc": self.history[-1]["val_acc"] if self.history and self.splits.val else None,
+            "final_train_acc": self.history[-1]["train_acc"] if self.history else None,
             "epochs_run": len(self.history),
             "epochs_planned": self.epochs,
             "time_budget_s": self.budget,
@@ -1044,7 +1055,7 @@ class Trainer:
             "precision": self.precision.describe(),
             "feature_cache": self.cached,
             "world_size": self.info.world_size,
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self.run_dir.resolve()),
         }
         if self.info.is_main:
             from resnetlab.report.plots import plot_curves

@@ -176,7 +176,9 @@ class GoogLeNet(ClassifierMixin, nn.Module):
         return self._forward_features(x, with_aux=False)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | GoogLeNetOutputs:
-        with_aux = self.training and self.aux_logits
+        # Aux heads held in eval mode (a frozen backbone, a staged run's head epochs) learn nothing: their losses
+        # only added 0.3 x CE each, without a gradient, to the loss a frozen run reports.
+        with_aux = self.training and self.aux_logits and self.aux1.training
         x, aux2, aux1 = self._forward_features(x, with_aux)
         logits = self.forward_head(x)
         return GoogLeNetOutputs(logits, aux2, aux1) if with_aux else logits

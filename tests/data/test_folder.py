@@ -45,8 +45,15 @@ def test_hymenoptera_train_val(shared):
 def test_val_class_missing_from_train(tmp_path, make_class_tree):
     make_class_tree(tmp_path / "train", {"a": 2, "b": 2})
     make_class_tree(tmp_path / "v", {"a": 1, "c": 1})
-    with pytest.raises(ResnetlabError, match="missing from train: c"):
+    with pytest.raises(ResnetlabError, match=f"--val-dir {tmp_path / 'v'} has classes missing from train: c"):
         make_splits(tmp_path / "train", val_dir=tmp_path / "v")
+
+
+def test_val_dir_that_is_the_training_folder_is_refused(tmp_path, make_class_tree, monkeypatch):
+    make_class_tree(tmp_path / "train", {"a": 2, "b": 2})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ResnetlabError, match="is the training folder itself"):
+        make_splits(tmp_path / "train", val_dir="train/")  # another spelling of the same folder
 
 
 def test_val_dir(tmp_path, make_class_tree):

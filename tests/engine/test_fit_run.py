@@ -227,3 +227,17 @@ def test_training_on_a_frozen_split(digits_dir, tmp_path):
         assert sorted(p.relative_to(digits_dir).as_posix() for p, _ in samples) == [
             line.split("\t")[0] for line in listed[name]
         ]
+
+
+def test_a_run_without_a_validation_split_says_so(digits_dir, tmp_path):
+    # Training accuracy is not reported as validation accuracy, and options that watch validation say they idle.
+    lines: list[str] = []
+    cfg = tiny_config(digits_dir, tmp_path / "run", epochs=2, val_fraction=0.0, patience=1, sched="plateau")
+    summary = fit(cfg, log=lines.append)
+    assert summary["best_val_acc"] is None and summary["final_val_acc"] is None
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert summary["final_train_acc"] == pytest.approx(float(rows[-1]["train_acc"])) and rows[-1]["val_acc"] == ""
+    assert summary["epochs_run"] == 2 and summary["run_dir"] == str((tmp_path / "run").resolve())
+    assert any("--patience and --sched plateau watch validation accuracy" in line for line in lines)
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["best_val_acc"] is None and on_disk["final_val_acc"] is None

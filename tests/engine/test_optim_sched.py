@@ -117,6 +117,18 @@ def test_googlenet_trains_one_step():
     assert stats["n"] == 2 and stats["loss"] > 0
 
 
+def test_googlenet_frozen_aux_heads_add_no_loss():
+    # A frozen backbone holds the aux heads in eval mode: they learn nothing, so they give no outputs to weigh in.
+    from resnetlab.engine.optim import head_and_body, set_train_mode
+
+    model = create_model("googlenet", num_classes=3)
+    x = torch.randn(2, 3, 64, 64)
+    assert len(model.train()(x)) == 3  # logits, aux2, aux1
+    _, body = head_and_body(model)
+    out = set_train_mode(model, body)(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+
+
 def test_multistep_milestones_and_nesterov_switch():
     lrs = _lrs("multistep", epochs=4, spe=10, warmup_epochs=0, milestones=[2, 3], gamma=0.1)
     assert lrs[19] == 1.0 and lrs[20] == pytest.approx(0.1) and lrs[30] == pytest.approx(0.01)
