@@ -249,7 +249,8 @@ class ParityReport:
         n = len(self.images)
         text = (
             f"parity on {n} real image{'s' * (n != 1)}: max |logit diff| {self.max_abs_diff:.3g} "
-            f"(tolerance {self.tolerance:.3g} = {PARITY_RTOL:g} x logit scale {self.logit_scale:.3g}), "
+            f"(tolerance {self.tolerance:.3g} = {self.tolerance / self.logit_scale:.3g} x logit scale"
+            f" {self.logit_scale:.3g}), "
             f"top-1 agreement {self.top1_agree}/{n}"
         )
         if self.ties:
@@ -406,6 +407,20 @@ def _exported_runner(fmt: str, path: Path) -> tuple[Callable[[torch.Tensor], tor
     return run, meta
 
 
+def require_modules(names: Sequence[str], purpose: str) -> None:
+    """A one-line error naming the optional packages `purpose` needs, before any slow work."""
+    import importlib
+
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ResnetlabError(f"{purpose} needs {', '.join(missing)}: pip install 'resnetlab[export]'")
+
+
 def export_model(
     run_or_checkpoint: str | os.PathLike,
     fmt: str = "onnx",
@@ -420,18 +435,19 @@ def export_model(
 
     Raises `ResnetlabError` (the file kept as `<out>.parity-failed` for inspection) when parity fails.
     """
-    from resnetlab.engine.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
+    from resnetlab.engine.checkpoint import model_from_checkpoint, read_model_file, resolve_checkpoint_path
 
     if fmt not in FORMATS:
         raise ResnetlabError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
+        require_modules(("onnx", "onnxscript", "onnxruntime"), "ONNX export (and its parity check)")
         import onnx
 
         max_opset = onnx.defs.onnx_opset_version()
         if not MIN_OPSET <= opset <= max_opset:
             raise ResnetlabError(f"--opset {opset}: choose {MIN_OPSET}..{max_opset} (default {DEFAULT_OPSET})")
     ckpt_path = resolve_checkpoint_path(run_or_checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = read_model_file(ckpt_path)  # akamaster's CIFAR-10 .th files too, as predict reads them
     images = resolve_check_images(check_images, ckpt)  # fail early, before the slow export
     out = output_path(out, ckpt_path, fmt)
     partial = out.with_name(f".{out.name}.partial")  # written, checked, then renamed to `out`
@@ -444,7 +460,8 @@ def export_model(
 
     model = model_from_checkpoint(ckpt).float().eval()  # fp32, contiguous, eval-mode BN/dropout, no autocast
     classes = ckpt.get("classes") or [str(i) for i in range(ckpt["num_classes"])]
-    extra = {"source": str(ckpt_path), "dynamic_batch": dynamic_batch}
+    dynamic_batch = dynamic_batch or fmt != "onnx"  # a traced TorchScript module takes any batch size
+    extra = {"source": str(ckpt_path.resolve()), "dynamic_batch": dynamic_batch}
     if fmt == "onnx":
         extra["opset"] = opset
     meta = export_metadata(ckpt, model, fmt, **extra)

@@ -289,6 +289,33 @@ class Classifier:
         return results
 
 
+def _load_onnx(path: Path, device: str | None, amp: str) -> Classifier:
+    """An exported ONNX file on onnxruntime: fp32 always, on the CPU or (where this onnxruntime has it) CUDA."""
+    from resnetlab.engine.precision import select_device
+
+    if amp not in ("auto", "off"):
+        raise ResnetlabError(f"--amp {amp}: an ONNX file runs in fp32 on onnxruntime; --amp is for checkpoints")
+    dev = select_device(device)  # refuses unknown names, and CUDA where there is none
+    try:
+        import onnxruntime as ort
+
+        from resnetlab.onnx_runtime import default_providers, load_onnx
+    except ModuleNotFoundError as exc:
+        raise ResnetlabError(
+            f"{path}: running ONNX files needs {exc.name}: pip install 'resnetlab[export]', or pass the run folder or"
+            " checkpoint instead"
+        ) from exc
+    if dev.type == "cpu":
+        providers = ["CPUExecutionProvider"]
+    elif "CUDAExecutionProvider" in ort.get_available_providers():
+        providers = default_providers()
+    else:
+        raise ResnetlabError(
+            f"--device {device}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu); use --device cpu"
+        )
+    return load_onnx(path, providers)
+
+
 def load(
     run_or_checkpoint: str | os.PathLike,
     device: str | None = None,
@@ -299,22 +326,8 @@ def load(
     if path.suffix.lower() == ".onnx":
         if not path.is_file():
             raise ResnetlabError(f"{path}: no such ONNX file")
-        try:
-            from resnetlab.onnx_runtime import load_onnx
-        except ModuleNotFoundError as exc:
-            if exc.name != "resnetlab.onnx_runtime":
-                raise
-            raise ResnetlabError(
-                f"{path}: ONNX models need resnetlab's ONNX runtime support, which is not installed in this build; "
-                "pass the run folder or checkpoint instead"
-            ) from exc
-        return load_onnx(path)
-    from resnetlab.engine.checkpoint import load_checkpoint, resolve_checkpoint_path
+        return _load_onnx(path, device, amp)
+    from resnetlab.engine.checkpoint import read_model_file, resolve_checkpoint_path
 
     ckpt_path = resolve_checkpoint_path(path)
-    if ckpt_path.suffix.lower() == ".th":
-        # akamaster's CIFAR-10 ResNet files ({'state_dict', 'best_prec1'}): converted on the fly.
-        from resnetlab.data.cifar10 import cifar_weights_checkpoint
-
-        return Classifier.from_checkpoint(cifar_weights_checkpoint(ckpt_path), device=device, amp=amp, source=ckpt_path)
-    return Classifier.from_checkpoint(load_checkpoint(ckpt_path), device=device, amp=amp, source=ckpt_path)
+    return Classifier.from_checkpoint(read_model_file(ckpt_path), device=device, amp=amp, source=ckpt_path)

@@ -83,12 +83,23 @@ def run_degradation_command(args: argparse.Namespace) -> int:
 
 
 def run_convert_command(args: argparse.Namespace) -> int:
-    from resnetlab.data.cifar10 import checkpoint_from_cifar_weights, converted_name
+    from resnetlab.data.cifar10 import cifar_weights_checkpoint, converted_name
+    from resnetlab.engine.checkpoint import save_checkpoint
     from resnetlab.errors import ResnetlabError
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
         raise ResnetlabError(f"--out {args.out}: a file; give the folder to write the converted checkpoints in")
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[Path, str] = {}
     for weights in args.weights:
-        path = checkpoint_from_cifar_weights(weights, Path(args.out) / converted_name(weights))
+        ckpt = cifar_weights_checkpoint(weights)
+        path = out / converted_name(ckpt["arch"])  # named by the architecture found in the file, not its name
+        if path in written:
+            raise ResnetlabError(
+                f"{weights} and {written[path]} are both {ckpt['arch']}: convert them into separate --out folders"
+            )
+        written[path] = str(weights)
+        save_checkpoint(path, ckpt)
         print(f"wrote {path}  (resnetlab predict {path} IMAGES...)")
     return 0

@@ -30,10 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dynamic-batch",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="ONNX: any batch size (default); --no-dynamic-batch fixes the batch to 1",
     )
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18; below 18 uses the legacy exporter)")
+    p.add_argument(
+        "--opset", type=int, default=None, help="ONNX opset (default: 18; below 18 uses the legacy exporter)"
+    )
     p.add_argument(
         "--check-images",
         nargs="+",
@@ -44,14 +46,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnetlab.export import export_model, format_for
+    from resnetlab.errors import ResnetlabError
+    from resnetlab.export import DEFAULT_OPSET, export_model, format_for
 
+    fmt = format_for(args.out, args.fmt)
+    batch_flag = {True: "--dynamic-batch", False: "--no-dynamic-batch", None: None}[args.dynamic_batch]
+    onnx_only = [flag for flag in ("--opset" if args.opset is not None else None, batch_flag) if flag]
+    if fmt != "onnx" and onnx_only:  # a traced TorchScript module takes any batch; it has no opset
+        raise ResnetlabError(f"{' and '.join(onnx_only)}: ONNX options; TorchScript takes any batch size")
     result = export_model(
         args.checkpoint,
-        fmt=format_for(args.out, args.fmt),
+        fmt=fmt,
         out=args.out,
-        dynamic_batch=args.dynamic_batch,
-        opset=args.opset,
+        dynamic_batch=args.dynamic_batch is not False,
+        opset=DEFAULT_OPSET if args.opset is None else args.opset,
         check_images=args.check_images,
     )
     size_mb = result.path.stat().st_size / 2**20

@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "models",
         help="list the available models",
-        description="List registered models with parameters and MACs at their default input size (1000 classes), "
+        description="List registered models with parameters and MACs at their default input size (ImageNet models"
+        " at 1000 classes, the CIFAR ones at 10), "
         "and the ImageNet weights `--pretrained imagenet` downloads for them.",
     )
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*' (default: all)")

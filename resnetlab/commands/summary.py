@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     for option, value, low in (("--img-size", args.img_size, 1), ("--num-classes", args.num_classes, 1),
-                               ("--in-chans", args.in_chans, 1), ("--depth", args.depth, 0)):  # fmt: skip
+                               ("--in-chans", args.in_chans, 1), ("--depth", args.depth, 1)):  # fmt: skip
         if value is not None and value < low:
             raise ResnetlabError(f"{option} {value}: must be at least {low}")
 

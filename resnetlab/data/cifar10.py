@@ -349,19 +349,17 @@ def checkpoint_from_cifar_weights(
 ) -> Path:
     """Convert a CIFAR-10 ResNet file into a resnetlab checkpoint for `resnetlab predict/eval/export`.
 
-    `out` defaults to `converted_name(weights)` in the current folder.
+    `out`: the file, or a folder to write `<arch>-cifar10.pt` in (default: the current folder). The name comes from
+    the architecture found in the file, not from the file's name (a renamed resnet56 file was written as resnet20).
     """
     from resnetlab.engine.checkpoint import save_checkpoint
 
-    weights = Path(weights)
-    return save_checkpoint(
-        Path(out) if out is not None else converted_name(weights), cifar_weights_checkpoint(weights, arch)
-    )
+    ckpt = cifar_weights_checkpoint(Path(weights), arch)
+    out = Path(out) if out is not None else Path()
+    return save_checkpoint(out / converted_name(ckpt["arch"]) if out.is_dir() else out, ckpt)
 
 
-def converted_name(weights: str | os.PathLike) -> Path:
-    """`resnet20-12fca82f.th` -> `resnet20-cifar10.pt`: the source's sha256 prefix would not match the new file, and
-    loading it (`--pretrained`) checks a name's hash against the content."""
-    from resnetlab.models.weights import name_without_hash
-
-    return Path(f"{name_without_hash(Path(weights).name.split('.', 1)[0])}-cifar10.pt")
+def converted_name(arch: str) -> str:
+    """`resnet20-cifar10.pt`: without the source's sha256 prefix, which would not match the new file (loading it
+    with `--pretrained` checks a name's hash against the content)."""
+    return f"{arch}-cifar10.pt"

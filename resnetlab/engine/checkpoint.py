@@ -110,6 +110,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint that `predict` and `export` use: a run folder's best.pt, a checkpoint file, or one of
+    akamaster's CIFAR-10 ResNet files (`.th`), converted on the fly."""
+    path = resolve_checkpoint_path(path)
+    if path.suffix.lower() == ".th":
+        from resnetlab.data.cifar10 import cifar_weights_checkpoint
+
+        return cifar_weights_checkpoint(path)
+    return load_checkpoint(path)
+
+
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (strict)."""
     from resnetlab.engine.heads import replace_head

@@ -73,7 +73,7 @@ class InceptionAux(nn.Module):
         super().__init__()
         self.conv = BasicConv2d(in_channels, 128, kernel_size=1)
         self.fc1 = nn.Linear(2048, 1024)
-        self.fc2 = nn.Linear(1024, num_classes)
+        self.reset_classifier(num_classes)  # fc2; none for num_classes=0, as for the main head
         self.dropout = nn.Dropout(p=drop_rate)
 
     def reset_classifier(self, num_classes: int) -> None:

@@ -200,8 +200,9 @@ def _load_failure(exc: Exception) -> str:
     if isinstance(exc, EOFError):
         return "empty or cut short: copy or download it again"
     # torch's other refusals advise weights_only=False (running the file's code), which resnetlab never does; a text
-    # or foreign binary file fails in the unpickler with a bare KeyError or UnpicklingError.
-    if "weights_only" in text or isinstance(exc, (KeyError, pickle.UnpicklingError)):
+    # or foreign binary file fails in the unpickler with a bare KeyError, IndexError ("pop from empty list": a CSV)
+    # or UnpicklingError.
+    if "weights_only" in text or isinstance(exc, (KeyError, IndexError, pickle.UnpicklingError)):
         return not_torch
     first = text.splitlines()[0] if text else type(exc).__name__
     return first[:200]

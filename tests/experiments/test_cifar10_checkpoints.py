@@ -137,6 +137,13 @@ def test_predicts_real_photos_through_the_cli(shared, tmp_path, capsys):
     assert "tv.pth: not a CIFAR-10 ResNet file" in capsys.readouterr().err
     assert main(["experiment", "convert-cifar10", files[0], "--out", str(tv)]) == 2
     assert "--out " in capsys.readouterr().err
+    # Named by the depth the file holds, not by its name; two files of one depth are refused before one overwrites.
+    renamed = tmp_path / "resnet20.th"
+    renamed.write_bytes(Path(files[-1]).read_bytes())
+    assert main(["experiment", "convert-cifar10", str(renamed), "--out", str(tmp_path / "r")]) == 0
+    assert [p.name for p in (tmp_path / "r").iterdir()] == [f"resnet{DEPTHS[-1]}-cifar10.pt"]
+    assert main(["experiment", "convert-cifar10", files[-1], str(renamed), "--out", str(tmp_path / "two")]) == 2
+    assert f"are both resnet{DEPTHS[-1]}" in capsys.readouterr().err
 
     for ckpt in converted:
         assert main(["predict", str(ckpt), str(images / "chelsea.png"), str(images / "rocket.jpg"), "--json"]) == 0

@@ -24,3 +24,14 @@ def test_th_file_predicts_like_its_converted_checkpoint(shared, tmp_path, capsys
     assert main(["predict", str(weights[0]), str(cat), "--json", "--topk", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["predictions"][0]["label"] == "cat"
+
+
+def test_th_file_exports_as_predict_reads_it(shared, tmp_path, capsys):
+    weights = sorted((shared / "weights" / "cifar10-resnet").glob("resnet20-*.th"))
+    if not weights:
+        pytest.skip("no CIFAR-10 ResNet-20 file in shared/weights")
+    cat = shared / "images" / "chelsea.png"
+    out = tmp_path / "r20.torchscript.pt"
+    assert main(["export", str(weights[0]), "--out", str(out), "--check-images", str(cat)]) == 0
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    assert sidecar["arch"] == "resnet20" and sidecar["classes"][3] == "cat" and sidecar["parity"]["top1_agree"] == 1

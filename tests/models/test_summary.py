@@ -136,6 +136,8 @@ def test_cli_no_match_and_bad_option(capsys):
     assert "no model matches 'vit*'" in capsys.readouterr().err
     assert main(["summary", "resnet18", "--img-size", "0"]) == 2
     assert "--img-size 0" in capsys.readouterr().err
+    assert main(["summary", "resnet18", "--depth", "0"]) == 2  # an empty table otherwise
+    assert "--depth 0: must be at least 1" in capsys.readouterr().err
 
 
 def test_summary_handles_meta_without_allocating():

@@ -327,6 +327,7 @@ class _Shell:
         ("empty.pt", b"", "not a readable weights file .empty or cut short: copy or download it again"),
         ("notes.pt", b"hello\n", "not a readable weights file .not a PyTorch file"),  # KeyError in the unpickler
         ("noise.pt", bytes(range(7, 107)), "not a readable weights file .not a PyTorch file"),
+        ("history.pt", b"epoch,lr\n1,0.002\n", "not a readable weights file .not a PyTorch file"),  # IndexError
         ("torn.pt", "torn", "not a readable weights file .a torn or truncated torch.save file: copy or download it"),
         ("args.pt", "namespace", "not a readable weights file .it pickles argparse.Namespace, and resnetlab loads"),
         # A module torch blocks outright words its refusal differently from an unknown class.

@@ -119,6 +119,22 @@ def test_model_interface(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list_models())
+def test_built_without_a_classifier_as_after_reset_classifier_0(name: str) -> None:
+    # timm: num_classes=0 gives features, in training mode too (GoogLeNet's aux heads built 0-wide outputs).
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "Initializing zero-element tensors is a no-op"
+        built = build(name, num_classes=0).train()
+    reset = build(name, num_classes=5)
+    reset.reset_classifier(0)
+    size = img_size(name)
+    x = torch.randn(2, 3, size, size)
+    shapes = [[o.shape for o in (out if isinstance(out, tuple) else (out,))] for out in (built(x), reset.train()(x))]
+    assert shapes[0] == shapes[1] and shapes[0][0] == (2, built.num_features)
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_in_chans_and_training_step(name: str) -> None:
     model = build(name, in_chans=1, num_classes=3).train()
     size = img_size(name)

@@ -213,6 +213,27 @@ def test_export_and_load_errors(tiny_ckpt: Path, tiny_onnx: Path, tmp_path: Path
         load_onnx(tmp_path / "junk.onnx")
 
 
+def test_onnx_only_options_and_missing_packages_are_one_line(tiny_ckpt, tiny_onnx, tmp_path, capsys, monkeypatch):
+    import sys
+
+    for flags in (["--opset", "17"], ["--no-dynamic-batch"]):
+        assert main(["export", str(tiny_ckpt), "--format", "torchscript", "--out", str(tmp_path), *flags]) == 2
+        assert f"{flags[0]}: ONNX options; TorchScript takes any batch size" in capsys.readouterr().err
+    image = str(Path(__file__).parents[2] / "demo")  # any folder; refused before it is read
+    assert main(["predict", str(tiny_onnx), image, "--device", "bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["predict", str(tiny_onnx), image, "--amp", "bf16"]) == 2
+    assert "--amp bf16: an ONNX file runs in fp32 on onnxruntime" in capsys.readouterr().err
+    # Without the [export] extra (onnxruntime, onnx): one line with the install command, before any work.
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["predict", str(tiny_onnx), image]) == 2
+    assert "needs onnxruntime: pip install 'resnetlab[export]'" in capsys.readouterr().err
+    assert main(["export", str(tiny_ckpt), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "ONNX export (and its parity check) needs onnxruntime: pip install 'resnetlab[export]'" in err
+    assert "exporting" not in err
+
+
 @pytest.mark.parametrize(
     ("out", "fmt", "expected"),
     [(None, None, "onnx"), ("m.onnx", None, "onnx"), ("m.pt", None, "torchscript"), ("m.PTH", None, "torchscript"),
