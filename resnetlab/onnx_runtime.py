@@ -1,7 +1,7 @@
 """Run an exported `.onnx` classifier with onnxruntime, behind the same interface as the checkpoint `Classifier`.
 
     clf = load_onnx("runs/trash/best.onnx")
-    clf.predict("photo.jpg", topk=3)        # same labels and (fp32) scores as the checkpoint
+    clf.predict("photo.jpg", topk=3)        # the checkpoint's labels and scores in fp32 (load(run, amp="off"))
 
 Class names and preprocessing come from the file's own `metadata_props` (written by `resnetlab export`), so an
 ONNX file is self-contained: no checkpoint, no sidecar JSON and no torch model code are needed to use it.

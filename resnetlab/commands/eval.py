@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from resnetlab.commands import INFERENCE_AMP_HELP
+
 SPLITS = ("val", "test", "train")
 
 
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and the plots (default: the run folder)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average with the horizontal flip")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="autocast (default: auto)")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help=INFERENCE_AMP_HELP)
     p.set_defaults(func=run)
 
 

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from resnetlab.commands import INFERENCE_AMP_HELP
+
 GLOB_CHARS = ("*", "?", "[")
 
 
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, default=None, help="images per forward pass (default: 16 on CPU, 64 on CUDA)"
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="autocast (default: auto)")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help=INFERENCE_AMP_HELP)
     p.set_defaults(func=run)
 
 

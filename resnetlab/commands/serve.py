@@ -8,6 +8,8 @@ import math
 import socket
 import sys
 
+from resnetlab.commands import INFERENCE_AMP_HELP
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -34,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="longest wait for a fuller batch, only while other requests are arriving (default: 10)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="autocast (default: auto)")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help=INFERENCE_AMP_HELP)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=run)
 
