@@ -102,7 +102,7 @@ class TrainConfig:
     """All settings of `resnetlab train`; defaults are the from-scratch recipe measured in benchmarks/RESULTS.md."""
 
     # --- data
-    data: str | None = _f(None, "image folder with one sub-folder per class")
+    data: str | None = _f(None, "image folder with one sub-folder per class, or cifar10 (downloaded on first use)")
     val_fraction: float = _f(0.2, "fraction of each class held out for validation (ignored with --val-dir)")
     val_dir: str | None = _f(None, "separate validation folder with the same class sub-folders")
     split_file: str | None = _f(

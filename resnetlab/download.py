@@ -37,26 +37,38 @@ def download(
     algorithm: str = "sha256",
     mismatch: str = "Retry",
     progress: bool = True,
+    cache_env: str = "",
 ) -> Path:
     """Stream `url` into a temp file beside `dst` with a progress bar; rename it to `dst` only when its digest starts
     with `expected` (a prefix, as torchvision's file names carry, or a whole sum).
 
     A failed transfer (a short read included) is a ResnetlabError saying it could not download `what`, then `offline`
-    (how to get the file without this machine's network); a wrong digest one that ends with `mismatch`. Nothing is
-    left behind either way.
+    (how to get the file without this machine's network); a wrong digest one that ends with `mismatch`; a folder that
+    cannot be written (or a full disk) one that names `cache_env`, the variable that moves the cache. Nothing is left
+    behind either way.
     """
+    try:  # this machine's side first: a cache folder that cannot be written is no network problem
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = atomic_temp(dst, ".part")
+    except OSError as exc:
+        raise cannot_write(dst, exc, cache_env) from exc
     try:
-        return _fetch(url, dst, expected, algorithm, mismatch, progress)
+        return _fetch(url, dst, fd, tmp, expected, algorithm, mismatch, progress, cache_env)
     except NETWORK_ERRORS as exc:
         reason = getattr(exc, "reason", None) or exc
         raise ResnetlabError(f"could not download {what} from {url} ({reason}); {offline}") from exc
 
 
-def _fetch(url: str, dst: Path, expected: str, algorithm: str, mismatch: str, progress: bool) -> Path:
+def cannot_write(dst: Path, exc: OSError, cache_env: str) -> ResnetlabError:
+    where = f"set {cache_env} to a folder with room that you can write" if cache_env else "free space or choose another"
+    return ResnetlabError(f"cannot write {dst} ({exc.strerror or exc}); {where}")
+
+
+def _fetch(
+    url: str, dst: Path, fd: int, tmp: str, expected: str, algorithm: str, mismatch: str, progress: bool, cache_env: str
+) -> Path:
     from tqdm import tqdm
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = atomic_temp(dst, ".part")
     digest = hashlib.new(algorithm, usedforsecurity=False)
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
@@ -65,7 +77,10 @@ def _fetch(url: str, dst: Path, expected: str, algorithm: str, mismatch: str, pr
                        disable=not progress)  # fmt: skip
             with bar:
                 while chunk := resp.read(CHUNK):
-                    f.write(chunk)
+                    try:
+                        f.write(chunk)
+                    except OSError as exc:  # a full disk: no network problem either
+                        raise cannot_write(dst, exc, cache_env) from exc
                     digest.update(chunk)
                     bar.update(len(chunk))
             if total is not None and bar.n != total:

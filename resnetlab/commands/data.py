@@ -53,8 +53,11 @@ def run_check(args: argparse.Namespace) -> int:
 
     if args.grid:
         picture_path(args.grid, "--grid")
+    from resnetlab.data.cifar10 import resolve_data_root
+
+    data = resolve_data_root(args.dir)  # a folder, or a dataset name such as cifar10
     result = check_dataset(
-        args.dir, args.val_fraction, args.seed, args.val_dir, args.split_file, args.strict, decode=args.decode
+        data, args.val_fraction, args.seed, args.val_dir, args.split_file, args.strict, decode=args.decode
     )
     print(format_report(result))
     if args.grid:

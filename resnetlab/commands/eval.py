@@ -135,7 +135,10 @@ def run(args: argparse.Namespace) -> int:
         record = ckpt.get("data") or {}
 
     if args.data:
-        samples, data_classes, skipped, described, split = folder_samples(Path(args.data), args.split)
+        from resnetlab.data.cifar10 import resolve_data_root
+
+        data = resolve_data_root(args.data)  # a folder, or a dataset name such as cifar10
+        samples, data_classes, skipped, described, split = folder_samples(data, args.split)
         where = str(args.data)
     else:
         samples, data_classes, skipped, described, split = recorded_samples(record, args.split, str(ckpt_path))

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import typing
 from typing import Any
 
 from resnetlab.config import CHOICES, TrainConfig
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
   resnetlab train data/trashnet --model resnet18 --img-size 96 --epochs 20
@@ -108,6 +111,11 @@ def _apply_recipe(cfg: TrainConfig, yaml_values: dict, explicit: dict, resumed: 
     if name is None:
         return cfg
     recipe = recipe_for(cfg.data, cfg.model)
+    if not recipe and not cfg.img_size and not resumed:
+        log.warning(
+            "note: %s's photos are 32 px; %s trains at its default 224 px, each photo upsampled 7x (49x the compute):"
+            " --img-size 32, or a CIFAR model (--model resnet20, with the paper's recipe)", name, cfg.model,
+        )  # fmt: skip
     if recipe and not resumed:
         layered = TrainConfig().merge({**recipe_overrides(recipe), **DATASET_DEFAULTS.get(name, {})}, source=recipe)
         if yaml_values:

@@ -198,7 +198,9 @@ def download(dest: str | os.PathLike, url: str | None = None, md5: str = MD5, pr
         f"download {TARBALL} on a machine with internet access and put it at {dest} (or its extracted {BATCH_DIR} "
         "folder beside it)"
     )
-    return verified_download(url, dest, md5, "CIFAR-10", offline, algorithm="md5", progress=progress)
+    return verified_download(
+        url, dest, md5, "CIFAR-10", offline, algorithm="md5", progress=progress, cache_env="RESNETLAB_CACHE"
+    )
 
 
 def find_source(root: str | os.PathLike | None = None) -> Path | None:
@@ -282,13 +284,19 @@ def prepare(
     root: str | os.PathLike | None = None, url: str | None = None, md5: str | None = None, allow_download: bool = True
 ) -> Path:
     """The CIFAR-10 image folder (`train/` + `test/` class folders), fetched and written on first use."""
+    from resnetlab.engine.run_lock import exclusive
+
     root = Path(root) if root is not None else cache_dir()
     images = root / IMAGES_DIR
     if (images / _MARKER).is_file():
         return images
-    source = fetch(root, url=url, md5=md5, allow_download=allow_download)
-    log.warning("writing CIFAR-10 as PNG class folders into %s (once)", images)
-    return materialize(read_cifar10(source), images)
+    # One process writes; others started meanwhile wait, then find it written (they deleted each other's folders).
+    with exclusive(root / ".prepare.lock", f"waiting for another process writing CIFAR-10 into {images}"):
+        if (images / _MARKER).is_file():
+            return images
+        source = fetch(root, url=url, md5=md5, allow_download=allow_download)
+        log.warning("writing CIFAR-10 as PNG class folders into %s (once)", images)
+        return materialize(read_cifar10(source), images)
 
 
 # Dataset names accepted wherever a data folder is: name -> function returning the folder.

@@ -7,7 +7,10 @@ nothing stale is left to clean up. Where `fcntl` is missing (Windows) there is n
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from resnetlab.errors import ResnetlabError
@@ -18,6 +21,7 @@ except ImportError:  # Windows
     fcntl = None
 
 LOCK_NAME = ".lock"
+log = logging.getLogger(__name__)
 
 
 class RunLock:
@@ -52,3 +56,25 @@ class RunLock:
 
     def __del__(self) -> None:  # a Trainer made outside `fit` (tests) lets go when it is collected
         self.release()
+
+
+@contextmanager
+def exclusive(path: str | os.PathLike, waiting: str = "") -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` for the block, waiting (and logging `waiting` once) while another process
+    holds it: one process does a one-off job, such as writing a dataset, and the others then find it done."""
+    if fcntl is None:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                log.warning("%s", waiting)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the file drops the lock

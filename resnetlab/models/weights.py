@@ -154,6 +154,7 @@ def download_imagenet_weights(arch: str) -> Path:
         offline="download that file on a machine with internet access and pass it with --pretrained PATH "
         f"(or put it at {dst})",
         mismatch="Retry, or pass a verified local copy with --pretrained PATH",
+        cache_env="TORCH_HOME",
     )
 
 

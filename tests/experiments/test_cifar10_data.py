@@ -137,6 +137,34 @@ def test_download_with_md5_then_image_folder(cifar_tarball, http_server, tmp_pat
     assert cifar10.prepare(tmp_path, url="http://127.0.0.1:9/nothing", md5="0" * 32) == images
 
 
+def test_processes_preparing_at_once_write_the_folder_once(cifar_tarball, tmp_path, monkeypatch):
+    # Two runs started together each wrote the image folder and deleted the other's underneath it. The lock is a file
+    # lock, which two opens in one process contend for as two processes do: threads stand in for processes here.
+    import shutil
+    import time
+
+    path, _ = cifar_tarball
+    shutil.copy(path, tmp_path / cifar10.TARBALL)
+    writes = []
+    real = cifar10.materialize
+
+    def slow(arrays, out):
+        writes.append(out)
+        time.sleep(0.5)  # long enough for the other to arrive while this one writes
+        return real(arrays, out)
+
+    monkeypatch.setattr(cifar10, "materialize", slow)
+    results: list[Path] = []
+    md5 = _md5(path)
+    threads = [threading.Thread(target=lambda: results.append(cifar10.prepare(tmp_path, md5=md5))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [tmp_path / "images"] * 2 and len(writes) == 1
+    assert len(list((tmp_path / "images" / "train").rglob("*.png"))) == 100
+
+
 def test_wrong_md5_deletes_the_download(cifar_tarball, http_server, tmp_path):
     path, _ = cifar_tarball
     with pytest.raises(ResnetlabError, match="md5 is .* expected 0{32}"):

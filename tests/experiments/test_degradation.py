@@ -97,6 +97,10 @@ def test_rerun_reuses_finished_runs_and_resumes_interrupted_ones(digit_folder, t
     # Other settings in the same folder would mix recipes: refused with a clear message.
     with pytest.raises(ResnetlabError, match="other settings \\(epochs"):
         deg.run_degradation(str(digit_folder), log=lines.append, **{**kw, "epochs": 3})
+    # The same data given as a relative path (the README's example) is the same experiment: reused.
+    monkeypatch.chdir(digit_folder.parent)
+    again = deg.run_degradation(digit_folder.name, log=lines.append, **kw)
+    assert again["models"]["plain20"]["reused"] and again["models"]["resnet20"]["reused"]
 
 
 def test_verdict_and_table_on_paper_like_numbers(tmp_path):
@@ -115,6 +119,12 @@ def test_verdict_and_table_on_paper_like_numbers(tmp_path):
     assert "20.0%" in table and "5.0%" in table and "APPEARED" in table
     results["resnet56"].train_err[-1] = 0.15  # the deeper ResNet also trains worse: no clean degradation story
     assert deg.verdict(results, [20, 56])["appeared"] is False
+    # On 25 training images one image is 4 points: a 10-point gap (2.5 images) is within the 3-image noise margin.
+    results["resnet56"].train_err[-1] = 0.05
+    for r in results.values():
+        r.images_per_epoch = 25
+    small = deg.verdict(results, [20, 56])
+    assert small["margin"] == pytest.approx(0.12) and small["appeared"] is False
 
 
 def test_bad_depths_and_data_are_clear_errors(tmp_path):

@@ -40,3 +40,27 @@ def test_other_models_and_folders_keep_the_defaults(cifar_tarball, tmp_path, mon
     _cache_with_cifar(cifar_tarball, tmp_path, monkeypatch)
     default_opt = _resolve([str(tmp_path), "--model", "resnet20"]).opt
     assert _resolve(["cifar10", "--model", "resnet18"]).opt == default_opt != "sgd"
+
+
+def test_an_imagenet_model_on_cifar10_is_told_the_photos_are_32_px(cifar_tarball, tmp_path, monkeypatch, caplog):
+    import logging
+
+    _cache_with_cifar(cifar_tarball, tmp_path, monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        _resolve(["cifar10", "--model", "resnet18"])
+    assert any("photos are 32 px; resnet18 trains at its default 224 px" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _resolve(["cifar10", "--model", "resnet18", "--img-size", "32"])
+        _resolve(["cifar10", "--model", "resnet20"])
+    assert not [r for r in caplog.records if "32 px" in r.getMessage()]
+
+
+def test_data_check_and_eval_take_the_dataset_name(cifar_tarball, tmp_path, monkeypatch, capsys):
+    from resnetlab.cli import main
+
+    _cache_with_cifar(cifar_tarball, tmp_path, monkeypatch)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no folder named cifar10 here
+    assert main(["data", "check", "cifar10"]) == 0
+    assert f"data: {tmp_path / 'cifar10' / 'images'}" in capsys.readouterr().out

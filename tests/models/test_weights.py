@@ -189,6 +189,18 @@ def test_download_offline(tmp_path, monkeypatch):
         create_model("mobilenet_v2", pretrained="imagenet")
 
 
+def test_a_cache_folder_that_cannot_be_written_is_not_called_a_download_failure(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(blocker / "torch"))  # under a file: the folder cannot be made
+    monkeypatch.setenv(W.WEIGHTS_URL_ENV, "http://127.0.0.1:1/")  # never asked
+    with pytest.raises(ResnetlabError) as exc:
+        create_model("mobilenet_v2", pretrained="imagenet")
+    message = str(exc.value)
+    assert message.startswith(f"cannot write {blocker / 'torch'}") and "set TORCH_HOME to a folder" in message
+    assert "could not download" not in message
+
+
 def test_imagenet_for_arch_without_weights():
     with pytest.raises(ResnetlabError, match="no ImageNet weights for 'resnet20'.*--pretrained PATH"):
         create_model("resnet20", num_classes=10, pretrained="imagenet")
