@@ -481,6 +481,9 @@ NEEDS_VAL: dict[str, Callable[[TrainConfig], bool]] = {
     "--sched plateau": lambda cfg: cfg.sched == "plateau",
 }
 
+# Options that set the optimizer's rates: changed on --resume, they replace those the checkpoint's groups carry.
+RATE_OPTIONS = frozenset({"lr", "wd", "momentum", "nesterov", "lr_mult"})
+
 # What a run is made of: its weights, optimizer state and phases only fit the values it started with.
 RESUME_FIXED = ("model", "head", "dropout", "mode", "freeze_epochs", "opt")
 # What only says where, how long or how visibly a run goes on: changing these on --resume is a plain continuation.
@@ -648,6 +651,7 @@ class Trainer:
         if ckpt is not None:
             cfg = self.cfg = recorded_data_paths(cfg, ckpt)
         changed = check_resumed_options(cfg, ckpt) if ckpt is not None else []
+        self.new_rates = any(change.split()[0] in RATE_OPTIONS for change in changed)
         if changed:
             log(
                 f"note: resumed with other options than the run used ({', '.join(changed)}): it goes on from last.pt"
@@ -838,9 +842,20 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.resolved_opt(), groups, self.lr, cfg.momentum, cfg.nesterov)
         self.schedule = build_schedule(cfg.sched, self.optimizer, end - first, **self._schedule_args(first))
         if self.ckpt is not None and epoch == self.start_epoch and epoch > first:  # resumed mid-phase
+            fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(self.ckpt["optimizer"])
             self.schedule.load_state_dict(self.ckpt["scheduler"])
             self.scaler.load_state_dict(self.ckpt["scaler"])
+            if self.new_rates:
+                # The saved groups carry the old rates (lr, its schedule's initial_lr, weight decay, momentum), which
+                # a --lr or --wd given on resume must replace: they trained on at the old ones, the log saying new.
+                for group, hyper in zip(self.optimizer.param_groups, fresh):
+                    group.pop("initial_lr", None)
+                    group.update(hyper)
+                steps = self.schedule.steps
+                self.schedule = build_schedule(cfg.sched, self.optimizer, end - first, **self._schedule_args(first))
+                self.schedule.fast_forward(steps)
+                return
             # Continue this run's schedule at the steps taken. The saved state (the optimizer's current LR, a
             # OneCycleLR's length) describes the schedule the checkpoint was saved under: the same values when the
             # length is unchanged, but a run extended with a larger --epochs or --time took its first step at the old

@@ -185,6 +185,28 @@ def test_a_run_extended_with_more_epochs_takes_the_longer_runs_rates(digits_dir,
     assert rates(tmp_path / "short")[3:] == pytest.approx(rates(tmp_path / "long")[3:], rel=1e-12)
 
 
+@pytest.mark.parametrize("sched", ["cosine", "constant"])
+def test_a_new_lr_and_wd_on_resume_are_the_ones_it_trains_with(digits_dir, tmp_path, sched):
+    # The checkpoint's optimizer groups carry the old rates; `--resume RUN --lr X --wd Y` once trained on at them while
+    # the log and config.yaml said X and Y.
+    import csv
+
+    def rates(run) -> list[float]:
+        with (run / "history.csv").open() as f:
+            return [float(row["lr"]) for row in csv.DictReader(f)]
+
+    args = {"sched": sched, "warmup_epochs": 0, "batch_size": 64, "opt": "adamw", "lr": 1e-2, "wd": 0.05}
+    cut = tiny_config(digits_dir, tmp_path / "cut", epochs=3, **args)
+    fit(cut.merge({"epochs": 2}), log=lambda _: None)  # 2 epochs, then trained on to 3 at a tenth of the rate
+    lines: list[str] = []
+    fit(cut.merge({"resume": str(tmp_path / "cut"), "lr": 1e-3, "wd": 0.5}), log=lines.append)
+    fit(tiny_config(digits_dir, tmp_path / "full", epochs=3, **args), log=lambda _: None)
+    assert any("lr 0.01 -> 0.001" in line for line in lines)
+    assert rates(tmp_path / "cut")[2] == pytest.approx(rates(tmp_path / "full")[2] / 10, rel=1e-9)
+    groups = load_checkpoint(tmp_path / "cut" / "last.pt")["optimizer"]["param_groups"]
+    assert {g["weight_decay"] for g in groups} <= {0.0, 0.5} and max(g["initial_lr"] for g in groups) == 1e-3
+
+
 def test_onecycle_on_a_run_of_a_few_steps(digits_dir, tmp_path):
     # 2 epochs of 1 step: OneCycleLR's rise of one step divided by zero.
     summary = fit(tiny_config(digits_dir, tmp_path / "oc", epochs=2, batch_size=64, sched="onecycle"), log=print)
