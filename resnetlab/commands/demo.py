@@ -26,7 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="check, train, evaluate and predict on the bundled sample", description=__doc__
     )
     p.add_argument("--data", type=Path, default=DEMO_DATA, help=f"class folder to use (default: {DEMO_DATA})")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo, replaced)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/demo"),
+        help="run folder (default: runs/demo; an earlier run there is replaced)",
+    )
     p.add_argument("--epochs", type=int, default=DEMO_RECIPE["epochs"], help="training epochs (default: %(default)s)")
     p.add_argument(
         "--time",
@@ -63,8 +68,19 @@ def run(args: argparse.Namespace) -> int:
         raise ResnetlabError(
             f"{args.data}: demo data not found; pass --data DIR (a folder with one sub-folder per class)"
         )
+    out_dir, data_dir = args.out.resolve(), args.data.resolve()
+    if out_dir == data_dir or out_dir in data_dir.parents:
+        raise ResnetlabError(
+            f"--out {args.out} holds the data ({args.data}), which the demo would replace; choose another"
+        )
     if args.out.exists():
-        shutil.rmtree(args.out)  # the demo always starts from scratch so its numbers are reproducible
+        # The demo starts from scratch so its numbers are reproducible, but replaces only a run folder (an earlier
+        # demo's): `--out precious` deleted whatever was there.
+        if not args.out.is_dir() or (any(args.out.iterdir()) and not (args.out / "config.yaml").is_file()):
+            raise ResnetlabError(
+                f"--out {args.out}: exists and is not a run folder, which the demo would replace; choose another"
+            )
+        shutil.rmtree(args.out)
     started = time.perf_counter()
     out = str(args.out)
     recipe = {**DEMO_RECIPE, "epochs": args.epochs, "time": args.time}

@@ -48,3 +48,19 @@ def test_demo_trains_within_a_time_budget(monkeypatch, tmp_path, flags, expected
     assert run(args) == 1
     train = next(argv for argv in calls if argv[0] == "train")
     assert set(expected) <= set(train) and "--model=resnet18" in train
+
+
+def test_demo_replaces_only_an_earlier_run(tmp_path, capsys):
+    # `--out precious` deleted whatever was there; and `--out` above the data deleted the data before reading it.
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    assert main(["demo", "--out", str(precious), "--epochs", "1"]) == 2
+    assert "exists and is not a run folder" in capsys.readouterr().err
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    data = tmp_path / "photos"
+    (data / "a").mkdir(parents=True)
+    for out in (data, tmp_path):
+        assert main(["demo", "--data", str(data), "--out", str(out)]) == 2
+        assert "holds the data" in capsys.readouterr().err
+    assert (data / "a").is_dir()
