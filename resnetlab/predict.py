@@ -47,13 +47,31 @@ def _array_image(array: np.ndarray | torch.Tensor) -> Image.Image:
 
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu()
+    tensor = isinstance(array, torch.Tensor)
+    floating = array.is_floating_point() if tensor else array.dtype.kind == "f"
+    if floating and (array.numel() if tensor else array.size):
+        low, high = float(array.min()), float(array.max())
+        # Clamping once made a 0..255 float image (Keras' img_to_array) white, and a normalised tensor confident
+        # nonsense, without a word.
+        if low < -1e-6:
+            raise ResnetlabError(
+                f"a float image with values down to {low:g}: pass the image (uint8, or floats in 0..1), not a"
+                " normalised tensor: predict normalises it itself"
+            )
+        if high > 1.0 + 1e-6:
+            raise ResnetlabError(
+                f"a float image with values up to {high:g}: floats are read as 0..1; pass uint8 pixels (or divide by"
+                " 255)"
+            )
+    if isinstance(array, torch.Tensor):
         array = array.clamp(0, 1) if array.is_floating_point() else array
     elif array.dtype.kind == "f":
         array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
     try:
         return to_pil_image(array)
     except (TypeError, ValueError) as exc:
-        raise ResnetlabError(f"an image array of shape {tuple(array.shape)}: {exc}") from None
+        layout = "numpy arrays are (H, W, C)" if isinstance(array, np.ndarray) else "tensors are (C, H, W)"
+        raise ResnetlabError(f"an image array of shape {tuple(array.shape)} ({layout}): {exc}") from None
 
 
 def _as_items(images: Any) -> list[ImageInput]:
@@ -61,6 +79,14 @@ def _as_items(images: Any) -> list[ImageInput]:
     files (as `resnetlab predict DIR` reads it), a 4-D array or tensor its images."""
     from resnetlab.data.folder import scan_images
 
+    if isinstance(images, (bytes, bytearray, dict)) or not hasattr(images, "__iter__") and not _is_single(images):
+        raise ResnetlabError(
+            f"cannot predict a {type(images).__name__}: pass image paths or folders, PIL images, (H, W, C) arrays or"
+            " (C, H, W) tensors, or a list of them"
+            + (" (for encoded bytes: PIL.Image.open(io.BytesIO(data)))" if isinstance(images, bytes) else "")
+        )
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim not in (2, 3, 4):
+        raise ResnetlabError(f"an image array of shape {tuple(images.shape)}: expected 2-D, 3-D or a 4-D batch")
     items = [images] if _is_single(images) else list(images)
     out: list[ImageInput] = []
     for item in items:
@@ -262,8 +288,8 @@ class Classifier:
 
         An unreadable file raises `ResnetlabError`; use `predict_paths` to get per-file errors instead.
         """
-        if topk < 1:
-            raise ResnetlabError(f"topk {topk}: must be at least 1")
+        if not isinstance(topk, int) or topk < 1:
+            raise ResnetlabError(f"topk {topk!r}: must be a whole number of at least 1")
         items = _as_items(images)
         scores, _, failed = self.scores_for(items, batch_size, tta)
         if failed:
@@ -280,6 +306,8 @@ class Classifier:
         tta: bool = False,
     ) -> list[dict[str, Any]]:
         """One result per path, in order: `{"path", "predictions": [...]}` or `{"path", "error": reason}`."""
+        if isinstance(paths, (str, os.PathLike)):  # one path, not a sequence of its characters
+            paths = [paths]
         scores, ok, failed = self.scores_for(list(paths), batch_size, tta)
         results: list[dict[str, Any]] = [{} for _ in paths]
         for i, preds in zip(ok, self.topk(scores, topk)):

@@ -79,10 +79,21 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # a full disk: torch reports it as "unexpected pos" from its zip writer
+        Path(tmp).unlink(missing_ok=True)
+        reason = getattr(exc, "strerror", None) or _write_failure(exc)
+        raise ResnetlabError(f"cannot write {path} ({reason}); the file there, if any, is as it was") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_failure(exc: BaseException) -> str:
+    cause = exc.__context__ if isinstance(exc, RuntimeError) else None  # torch's RuntimeError wraps the OSError
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def resolve_checkpoint_path(run_or_checkpoint: str | os.PathLike, prefer: str = "best.pt") -> Path:

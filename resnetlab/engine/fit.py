@@ -359,10 +359,19 @@ def read_history(path: Path, epochs: int) -> list[dict[str, Any]]:
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    """history.csv, written atomically: a stop mid-write left a torn row that resume read back as an empty one."""
+    from resnetlab.paths import atomic_temp
+
+    fd, tmp = atomic_temp(path, ".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _fmt(row: dict[str, Any], total: int, best: tuple[float, int]) -> str:
@@ -1044,11 +1053,21 @@ class Trainer:
             train_seconds=self.train_seconds,
             train_images=self.train_images,
         )
-        save_checkpoint(self.run_dir / "last.pt", payload)
-        if improved:
-            save_checkpoint(self.run_dir / "best.pt", payload)
-        write_history(self.run_dir / "history.csv", self.history)
-        _log_scalars(self.writer, row, row["epoch"])
+        # last.pt last: it is what --resume starts from, so everything it describes is on disk before it. A stop
+        # between files (it was last.pt first) left best.pt an epoch behind and history.csv a row short, for good; now
+        # the resumed run retrains the epoch and rewrites them. Resume reads history.csv up to last.pt's epoch.
+        try:
+            write_history(self.run_dir / "history.csv", self.history)
+            _log_scalars(self.writer, row, row["epoch"])
+            if improved:
+                save_checkpoint(self.run_dir / "best.pt", payload)
+            save_checkpoint(self.run_dir / "last.pt", payload)
+        except ResnetlabError as exc:  # a full disk: say what last.pt holds and how to go on
+            raise ResnetlabError(
+                f"{exc}; {self.run_dir / 'last.pt'} holds epoch {self.saved_epoch}: free space, then"
+                f" {resume_command(self.run_dir, self.info)}"
+            ) from exc
+        self.saved_epoch = row["epoch"]
 
     def finish(self) -> dict[str, Any]:
         """summary.json and curves.png (rank 0); returns the summary on every rank."""

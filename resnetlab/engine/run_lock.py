@@ -22,6 +22,23 @@ except ImportError:  # Windows
 
 LOCK_NAME = ".lock"
 log = logging.getLogger(__name__)
+# Lock files this process holds. A forked child (a DataLoader worker) shares the lock's open file; after a kill -9 of
+# the trainer its workers lived on for ~5 s holding it, and an immediate --resume was refused naming the dead pid.
+# Children close their copies at once, so the lock is the trainer's alone.
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunLock:
@@ -47,10 +64,15 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self.fd = fd
+        _HELD.add(fd)
+        # Temp files of writes a kill -9 cut short (`.best.pt.x1y2.tmp`): no other process writes here now.
+        for stale in self.path.parent.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         return self
 
     def release(self) -> None:
         if self.fd is not None:
+            _HELD.discard(self.fd)
             os.close(self.fd)  # closing the file drops the lock
             self.fd = None
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from resnetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.engine.fit import build_model, fit
+from resnetlab.errors import ResnetlabError
 from tests.engine.conftest import tiny_config
 
 
@@ -78,12 +80,37 @@ def test_checkpoint_save_is_atomic(tmp_path):
         def __reduce__(self):
             raise RuntimeError("disk full")
 
-    try:
+    with pytest.raises(ResnetlabError, match=f"cannot write {path} \\(disk full\\); the file there, if any, is as"):
         save_checkpoint(path, {"epoch": 2, "model": Unsaveable()})
-    except RuntimeError:
-        pass
     assert load_checkpoint(path)["epoch"] == 1  # the old file survives a failed save
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # and no temp file is left behind
+
+
+def test_a_full_disk_is_one_line_naming_what_last_pt_holds(digits_dir, tmp_path, monkeypatch):
+    # torch reports a full disk as a RuntimeError ("unexpected pos ...") around the OSError: 36 lines of traceback.
+    import errno
+
+    import resnetlab.engine.checkpoint as checkpoint
+
+    real = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        if obj.get("epoch") == 2:
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as exc:  # noqa: PERF203 - the OSError as the RuntimeError's context, as torch has it
+                raise RuntimeError(
+                    "[enforce fail at inline_container.cc:672] . unexpected pos 830464 vs 830360"
+                ) from exc
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    run = tmp_path / "run"
+    with pytest.raises(ResnetlabError) as exc:
+        fit(tiny_config(digits_dir, run, epochs=3), log=lambda _: None)
+    assert str(exc.value).startswith(f"cannot write {run}/") and "(No space left on device)" in str(exc.value)
+    assert f"{run / 'last.pt'} holds epoch 1: free space, then resnetlab train --resume {run}" in str(exc.value)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
 
 
 def test_checkpoints_get_the_mode_a_plain_write_gets(tmp_path):

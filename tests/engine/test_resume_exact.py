@@ -384,6 +384,66 @@ def test_a_run_folder_has_one_writer_at_a_time(digits_dir, tmp_path):
     assert fit(cfg.merge({"resume": str(run), "epochs": 2}), log=lambda _: None)["epochs_run"] == 2  # free again
 
 
+def test_a_killed_trainers_children_do_not_keep_its_lock(tmp_path):
+    # DataLoader workers are forked children: they shared the lock's open file and held it ~5 s after a kill -9.
+    import signal
+    import subprocess
+
+    from resnetlab.engine.run_lock import RunLock
+
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"cut short")  # what a kill -9 mid-write leaves
+    script = (
+        "import os, time; from resnetlab.engine.run_lock import RunLock; "
+        f"RunLock({str(tmp_path)!r}).acquire(); pid = os.fork()\n"
+        "if pid == 0: time.sleep(60)\n"
+        "else: print(pid, flush=True); time.sleep(60)"
+    )
+    trainer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(trainer.stdout.readline())
+    try:
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait()
+        RunLock(tmp_path).acquire().release()  # at once, though the child still runs
+        os.kill(child, 0)  # (it does)
+    finally:
+        os.kill(child, signal.SIGKILL)
+    assert not list(tmp_path.glob(".*.tmp"))  # the stale temp file went with the next writer's start
+
+
+def test_a_stop_between_saved_files_leaves_a_folder_that_resumes_whole(digits_dir, tmp_path, monkeypatch):
+    # last.pt is written last, so a stop right after it finds best.pt and history.csv already written (with last.pt
+    # first, a stop there left best.pt an epoch behind and history.csv a row short, for good); a stop before it
+    # leaves the previous epoch's last.pt, and the resumed run retrains the epoch and writes them again.
+    import csv
+
+    import resnetlab.engine.fit as fit_module
+
+    class Stop(Exception):
+        pass
+
+    real = fit_module.save_checkpoint
+
+    def stop_after_last(path, payload):
+        written = real(path, payload)
+        if path.name == "last.pt" and payload["epoch"] == 2:
+            raise Stop
+        return written
+
+    cfg = tiny_config(digits_dir, tmp_path / "run", epochs=3)
+    monkeypatch.setattr(fit_module, "save_checkpoint", stop_after_last)
+    with pytest.raises(Stop):
+        fit(cfg, log=lambda _: None)
+    monkeypatch.setattr(fit_module, "save_checkpoint", real)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2
+    fit(cfg.merge({"resume": str(tmp_path / "run")}), log=lambda _: None)
+    fit(tiny_config(digits_dir, tmp_path / "whole", epochs=3), log=lambda _: None)
+    for name in ("last.pt", "best.pt"):
+        a, b = load_checkpoint(tmp_path / "run" / name), load_checkpoint(tmp_path / "whole" / name)
+        assert a["epoch"] == b["epoch"] and all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    with (tmp_path / "run" / "history.csv").open() as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2", "3"]
+
+
 def test_resume_with_another_out_is_refused(digits_dir, tmp_path, capsys):
     # --out was silently ignored: the resumed run trained on in the --resume folder.
     from resnetlab.cli import main

@@ -151,5 +151,21 @@ def test_arrays_tensors_and_folders_predict_like_the_images_they_hold(clf, tiny_
     assert len(folder) == len(list((tiny_data / "glass").glob("*.jpg")))
     with pytest.raises(ResnetlabError, match="cannot predict a dict: pass image paths"):
         clf.predict([{"x": 1}])
-    with pytest.raises(ResnetlabError, match="topk 0: must be at least 1"):
+    with pytest.raises(ResnetlabError, match="topk 0: must be a whole number of at least 1"):
         clf.predict(image, topk=0)
+    with pytest.raises(ResnetlabError, match="topk '3'"):
+        clf.predict(image, topk="3")
+    # Floats outside 0..1 were clamped without a word: a 0..255 float photo read as white, a normalised tensor as
+    # confident nonsense.
+    with pytest.raises(ResnetlabError, match=r"values up to \d+: floats are read as 0..1"):
+        clf.predict(array.astype(np.float32))
+    with pytest.raises(ResnetlabError, match="not a normalised tensor"):
+        clf.predict(clf.preprocess(path) if hasattr(clf, "preprocess") else tensor.float() / 255 - 0.5)
+    wrongs = [(5, "cannot predict a int"), (None, "cannot predict a NoneType"), ({"a": 1}, "a dict")]
+    wrongs += [(path.read_bytes(), "PIL.Image.open"), (np.zeros(10, np.uint8), "expected 2-D, 3-D")]
+    for wrong, message in wrongs:
+        with pytest.raises(ResnetlabError, match=message):
+            clf.predict(wrong)
+    with pytest.raises(ResnetlabError, match=r"\(H, W, C\)"):
+        clf.predict(array.transpose(2, 0, 1).copy())  # a CHW numpy array
+    assert len(clf.predict_paths(str(path))) == 1  # one path, not its characters
