@@ -118,7 +118,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path}: not a resnetlab checkpoint (no 'format' key); plain weights are a starting point for training:"
             f" resnetlab train DIR --model ARCH --pretrained {path}"
         )
+    check_complete(ckpt, path, MODEL_KEYS)
+    classes = ckpt.get("classes")
+    if classes is not None and len(classes) != ckpt["num_classes"]:
+        raise ResnetlabError(
+            f"{path}: {len(classes)} class names for a model of {ckpt['num_classes']} outputs; the file was edited"
+        )
     return ckpt
+
+
+# What any use of a checkpoint needs, and what --resume needs besides.
+MODEL_KEYS = ("arch", "num_classes", "model")
+RESUME_KEYS = ("epoch", "classes", "config", "metrics", "optimizer", "scheduler", "scaler", "rng")
+
+
+def check_complete(ckpt: dict[str, Any], path: str | os.PathLike, keys: tuple[str, ...], use: str = "") -> None:
+    """A one-line error naming the keys of `keys` that `ckpt` lacks (an edited or foreign file)."""
+    if missing := [key for key in keys if ckpt.get(key) is None]:
+        raise ResnetlabError(
+            f"{path}: the checkpoint lacks {', '.join(missing)}{use}; it was edited or written by another tool"
+        )
 
 
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -146,7 +165,14 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # keys or shapes the file's own description does not give
+        detail = str(exc).strip().splitlines()
+        raise ResnetlabError(
+            f"the checkpoint's weights do not fit the {ckpt['arch']} with {ckpt['num_classes']} classes it describes"
+            f" ({detail[1].strip()[:200] if len(detail) > 1 else detail[0][:200]}); the file was edited"
+        ) from None
     if ckpt.get("default_cfg"):
         model.default_cfg = {**getattr(model, "default_cfg", {}), **ckpt["default_cfg"]}
     return model

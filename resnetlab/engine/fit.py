@@ -30,7 +30,13 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, Weig
 from resnetlab.config import TrainConfig
 from resnetlab.engine import distributed as ddp
 from resnetlab.engine.budget import EpochCut, as_time_value, costs_ahead, plan_epochs
-from resnetlab.engine.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from resnetlab.engine.checkpoint import (
+    RESUME_KEYS,
+    check_complete,
+    load_checkpoint,
+    model_payload,
+    save_checkpoint,
+)
 from resnetlab.engine.evaluate import evaluate
 from resnetlab.engine.optim import (
     build_optimizer,
@@ -657,6 +663,11 @@ class Trainer:
                 f" afresh with resnetlab train --config {Path(cfg.resume) / 'config.yaml'} --out {cfg.resume}"
             )
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
+        if ckpt is not None:
+            use = (
+                f" that --resume needs (its weights still start a new run: --pretrained {Path(cfg.resume) / 'last.pt'})"
+            )
+            check_complete(ckpt, Path(cfg.resume) / "last.pt", RESUME_KEYS, use)
         if ckpt is not None:
             cfg = self.cfg = recorded_data_paths(cfg, ckpt)
         changed = check_resumed_options(cfg, ckpt) if ckpt is not None else []

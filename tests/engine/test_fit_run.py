@@ -241,3 +241,42 @@ def test_a_run_without_a_validation_split_says_so(digits_dir, tmp_path):
     assert any("--patience and --sched plateau watch validation accuracy" in line for line in lines)
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["best_val_acc"] is None and on_disk["final_val_acc"] is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.pop("arch"), "the checkpoint lacks arch; it was edited"),
+        (lambda c: c.pop("model"), "the checkpoint lacks model"),
+        (lambda c: c.update(num_classes=5), "class names for a model of 5 outputs"),
+        (lambda c: c.update(classes=["a", "b"]), "2 class names for a model of 3 outputs"),
+        (lambda c: c["model"].pop("fc.4.bias"), "weights do not fit the resnet20 with 3 classes it describes"),
+    ],
+)
+def test_an_edited_checkpoint_is_one_line_everywhere(run, tmp_path, capsys, edit, message):
+    from resnetlab.cli import main
+
+    ckpt = torch.load(run[0] / "best.pt", weights_only=True)
+    edit(ckpt)
+    path = tmp_path / "edited.pt"
+    torch.save(ckpt, path)
+    export = ["export", str(path), "--out", str(tmp_path / "m.onnx")]
+    for argv in (["predict", str(path), str(path)], export):  # refused before any image is read
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_checkpoint_without_its_optimizer_state_is_not_resumable_but_says_how_to_go_on(run, tmp_path, capsys):
+    import shutil
+
+    from resnetlab.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run[0], copy)
+    ckpt = torch.load(copy / "last.pt", weights_only=True)
+    del ckpt["optimizer"]
+    torch.save(ckpt, copy / "last.pt")
+    assert main(["train", "--resume", str(copy), "--epochs", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "lacks optimizer that --resume needs" in err and f"--pretrained {copy / 'last.pt'}" in err
