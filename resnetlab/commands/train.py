@@ -82,6 +82,11 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     names = set(TrainConfig.field_names())
     explicit = {k: v for k, v in vars(args).items() if k in names}
     if explicit.get("resume"):
+        resume = Path(explicit["resume"])
+        if resume.is_file() and resume.suffix == ".pt":  # Ultralytics users pass RUN/last.pt: the run is its folder
+            explicit["resume"] = str(resume.parent)
+        elif not resume.exists():
+            raise ResnetlabError(f"--resume {resume}: no such run folder")
         out = explicit.get("out")
         if out and Path(out).resolve() != Path(explicit["resume"]).resolve():
             raise ResnetlabError(

@@ -329,11 +329,26 @@ def _px(default_cfg: dict) -> str:
     return f"{min(h, w)} px" if h == w else f"{min(h, w)} px (eval {h}x{w}, whole image)"
 
 
+# Results a new run writes over: an --out holding any of them is refused (a best.pt kept on its own went). A config.yaml
+# alone is a run stopped before its first epoch ended, which the advice for it starts afresh in place.
+RUN_FILES = ("best.pt", "history.csv", "summary.json")
+
+
 def refuse_taken_out(cfg: TrainConfig) -> None:
-    """An `--out` that already holds a run is refused (checked before the set-up, and again when the folder is made)."""
-    if cfg.out and (Path(cfg.out) / "last.pt").exists():
+    """An `--out` that already holds a run, or any file a run writes, or is a file, is refused (checked before the
+    set-up, and again when the folder is made)."""
+    if not cfg.out:
+        return
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ResnetlabError(f"--out {cfg.out}: a file, not a folder; choose another --out")
+    if (out / "last.pt").exists():
         raise ResnetlabError(
             f"{cfg.out}: already holds a run; continue it with --resume {cfg.out} or choose another --out"
+        )
+    if taken := [name for name in RUN_FILES if (out / name).exists()]:
+        raise ResnetlabError(
+            f"--out {cfg.out}: holds {', '.join(taken)}, which a new run would overwrite; choose another --out"
         )
 
 

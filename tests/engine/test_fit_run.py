@@ -280,3 +280,31 @@ def test_a_checkpoint_without_its_optimizer_state_is_not_resumable_but_says_how_
     assert main(["train", "--resume", str(copy), "--epochs", "4"]) == 2
     err = capsys.readouterr().err
     assert "lacks optimizer that --resume needs" in err and f"--pretrained {copy / 'last.pt'}" in err
+
+
+def test_an_out_holding_results_or_a_file_is_refused(digits_dir, tmp_path, capsys):
+    from resnetlab.cli import main
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "best.pt").write_bytes(b"a model someone kept")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    flags = ["--model", "resnet20", "--img-size", "16", "--epochs", "1", "--workers", "0", "--no-progress"]
+    assert main(["train", str(digits_dir), *flags, "--out", str(kept)]) == 2
+    assert "holds best.pt, which a new run would overwrite" in capsys.readouterr().err
+    assert (kept / "best.pt").read_bytes() == b"a model someone kept"
+    assert main(["train", str(digits_dir), *flags, "--out", str(afile)]) == 2
+    assert "a file, not a folder" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+    assert "--resume " + str(tmp_path / "nope") + ": no such run folder" in capsys.readouterr().err
+
+
+def test_resume_takes_the_last_pt_path_too(digits_dir, tmp_path):
+    # Ultralytics users pass RUN/last.pt to resume.
+    from resnetlab.cli import main
+
+    run = tmp_path / "run"
+    fit(tiny_config(digits_dir, run, epochs=1), log=lambda _: None)
+    assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "2", "--no-progress"]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2

@@ -74,7 +74,7 @@ def test_staged_unfreezes_after_head_epochs(digits_dir, tmp_path):
 
 def test_checkpoint_save_is_atomic(tmp_path):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(2)}})
+    save_checkpoint(path, {"epoch": 1, "arch": "resnet20", "num_classes": 2, "model": {"w": torch.ones(2)}})
 
     class Unsaveable:
         def __reduce__(self):
@@ -119,7 +119,9 @@ def test_checkpoints_get_the_mode_a_plain_write_gets(tmp_path):
 
     umask = os.umask(0o022)
     try:
-        save_checkpoint(tmp_path / "best.pt", {"epoch": 1, "model": {"w": torch.ones(2)}})
+        save_checkpoint(
+            tmp_path / "best.pt", {"epoch": 1, "arch": "resnet20", "num_classes": 2, "model": {"w": torch.ones(2)}}
+        )
         (tmp_path / "history.csv").write_text("epoch\n")
     finally:
         os.umask(umask)
