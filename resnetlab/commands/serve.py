@@ -42,11 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from resnetlab.errors import ResnetlabError
+
+    try:
+        import uvicorn
+
+        from resnetlab.serve.app import create_app
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("uvicorn", "fastapi", "starlette", "multipart", "python_multipart"):
+            raise
+        raise ResnetlabError(f"serve needs {exc.name}: pip install 'resnetlab[serve]'") from exc
     from resnetlab.predict import load
-    from resnetlab.serve.app import create_app
 
     if not math.isfinite(args.max_upload_mb) or args.max_upload_mb <= 0:  # nan and inf are floats too
         raise ResnetlabError(f"--max-upload-mb {args.max_upload_mb}: must be positive")

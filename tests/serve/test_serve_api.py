@@ -253,6 +253,16 @@ def test_serve_command_validates_options(tiny_ckpt, capsys) -> None:
     assert "no such run folder or checkpoint" in capsys.readouterr().err
 
 
+def test_serve_without_its_extra_is_one_line(tiny_ckpt, capsys, monkeypatch) -> None:
+    import sys
+
+    from resnetlab.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as when `pip install resnetlab` left out [serve]
+    assert main(["serve", str(tiny_ckpt)]) == 2
+    assert "serve needs uvicorn: pip install 'resnetlab[serve]'" in capsys.readouterr().err
+
+
 def test_a_taken_port_is_one_line_before_the_model_loads(tiny_ckpt, capsys, monkeypatch) -> None:
     import socket
 
