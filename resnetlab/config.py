@@ -168,7 +168,9 @@ class TrainConfig:
     ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.998; 0 = off)")
     aux_weight: float = _f(0.3, "weight of each GoogLeNet auxiliary loss")
     grad_clip: float | None = _f(None, "clip the gradient norm to this value")
-    patience: int | None = _f(None, "stop after this many epochs without a better validation accuracy (0 = never)")
+    patience: int | None = _f(
+        None, "stop after this many epochs without a better validation accuracy (default: none: never; 0: never)"
+    )
     seed: int = _f(0, "random seed (data split, initialisation, augmentation, order)")
     # --- speed and devices
     device: str | None = _f(None, "cpu, cuda, cuda:1 (default: CUDA when available)")

@@ -39,7 +39,10 @@ def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, hint: Any) -> N
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     help_text = f.metadata.get("help", "")
     if "(default:" not in help_text:  # fields resolved at run time say what their None means themselves
-        help_text += f" (default: {default})"
+        shown = (
+            "none" if default in ([], None) else ",".join(map(str, default)) if isinstance(default, list) else default
+        )
+        help_text += f" (default: {shown})"
     kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
     kind = _flag_type(hint)
     if kind is bool:
@@ -62,7 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("data", nargs="?", default=argparse.SUPPRESS, help="image folder with one sub-folder per class")
+    p.add_argument(
+        "data",
+        nargs="?",
+        default=argparse.SUPPRESS,
+        help="image folder with one sub-folder per class, or cifar10 (downloaded on first use)",
+    )
     p.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file (flags override it)")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):

@@ -760,7 +760,7 @@ class Trainer:
         run_dir = Path(cfg.resume) if cfg.resume else (make_run_dir(cfg) if info.is_main else None)
         self.run_dir = Path(ddp.broadcast_object(str(run_dir), info))
         if info.is_main:  # before anything is written; `fit` releases it however the run ends
-            self.lock = RunLock(self.run_dir).acquire()
+            self.lock = RunLock(self.run_dir, resuming=bool(cfg.resume)).acquire()
             if cleanup is not None:
                 cleanup.callback(self.lock.release)
 

@@ -44,9 +44,11 @@ if hasattr(os, "register_at_fork"):
 class RunLock:
     """`acquire()` the folder or fail with a one-line error naming the process that holds it; `release()` after."""
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+    def __init__(self, run_dir: str | os.PathLike, resuming: bool = True) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self.fd: int | None = None
+        # What to do instead: a resume waits its turn; a new run (two started with one --out) goes elsewhere.
+        self.instead = "wait for it to end or stop it, then resume" if resuming else "choose another --out"
 
     def acquire(self) -> RunLock:
         if fcntl is None or self.fd is not None:
@@ -58,8 +60,7 @@ class RunLock:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise ResnetlabError(
-                f"{self.path.parent}: another resnetlab train (pid {holder}) is writing this run folder; wait for it"
-                " to end or stop it, then resume"
+                f"{self.path.parent}: another resnetlab train (pid {holder}) is writing this run folder; {self.instead}"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
