@@ -617,16 +617,19 @@ def planned_epochs(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> int:
     """The run's planned length: --epochs, or fewer where a --time budget said so (kept in checkpoints for --resume).
 
     On resume with the same budget, the plan it made; with a new budget already spent, the epochs done; with a new,
-    larger budget, --epochs (re-planned against the time used after the next epoch).
+    larger budget, as many epochs as fit at the pace of the run's last epoch (at least one; re-planned after each).
+    Planned at --epochs instead, the first resumed epoch of an annealed run took the LR back up near its peak.
     """
     budget = cfg.time_budget_s()
     if not ckpt or budget is None or not ckpt.get("planned_epochs"):
         return cfg.epochs
     if ckpt["config"].get("time") == cfg.time:
         return min(cfg.epochs, int(ckpt["planned_epochs"]))
-    if float(ckpt.get("elapsed_seconds", 0.0)) >= budget:
-        return min(cfg.epochs, int(ckpt["epoch"]))
-    return cfg.epochs
+    done, left = int(ckpt["epoch"]), budget - float(ckpt.get("elapsed_seconds", 0.0))
+    if left <= 0:
+        return min(cfg.epochs, done)
+    pace = float((ckpt.get("metrics") or {}).get("seconds") or 0.0)  # the last epoch's, validation included
+    return min(cfg.epochs, done + max(1, int(left // pace))) if pace > 0 else cfg.epochs
 
 
 def recorded_data_paths(cfg: TrainConfig, ckpt: dict[str, Any]) -> TrainConfig:

@@ -189,6 +189,20 @@ def test_a_larger_budget_on_resume_trains_on(digits_dir, tmp_path, fake_clock):
     assert "time budget 65s: 40 s used, 10.0 s for the next epoch; the run now ends after epoch 6" in lines
 
 
+def test_a_larger_budget_on_resume_is_planned_at_the_runs_pace_from_the_start():
+    # Planned at --epochs until the first resumed epoch was timed, an annealed run's LR went back up near its peak
+    # for that epoch (6.8e-05 -> 1.8e-03 seen) before the plan shrank again.
+    from resnetlab.engine.fit import planned_epochs
+
+    ckpt = {"planned_epochs": 3, "epoch": 3, "elapsed_seconds": 30.0, "config": {"time": "35s"}, "metrics": {}}
+    ckpt["metrics"]["seconds"] = 10.0
+    cfg = tiny_config(None, None, epochs=10, time="65s")
+    assert planned_epochs(cfg, ckpt) == 6  # 35 s left at 10 s an epoch
+    assert planned_epochs(cfg.merge({"time": "32s"}), ckpt) == 4  # 2 s left: one epoch, which the budget cuts
+    assert planned_epochs(cfg.merge({"time": "20s"}), ckpt) == 3  # spent: the epochs done
+    assert planned_epochs(cfg.merge({"time": "35s"}), ckpt) == 3  # the same budget: the plan it made
+
+
 def test_staged_budget_prices_unfrozen_epochs_before_they_run(digits_dir, tmp_path, monkeypatch):
     # Head-only epochs take 10 s, unfrozen ones 30 s (UNFROZEN_COST times as long). A 100 s budget fits 2 head and 2
     # unfrozen epochs, and the plan must know it from epoch 1, before any unfrozen epoch ran: then the unfrozen phase's
