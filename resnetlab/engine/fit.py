@@ -682,11 +682,13 @@ class Trainer:
             )
         ckpt = load_checkpoint(Path(cfg.resume) / "last.pt") if cfg.resume else None
         if ckpt is not None:
-            use = (
-                f" that --resume needs (its weights still start a new run: --pretrained {Path(cfg.resume) / 'last.pt'})"
+            last = Path(cfg.resume) / "last.pt"
+            check_complete(
+                ckpt,
+                last,
+                RESUME_KEYS,
+                f" that --resume needs (its weights still start a new run: --pretrained {last})",
             )
-            check_complete(ckpt, Path(cfg.resume) / "last.pt", RESUME_KEYS, use)
-        if ckpt is not None:
             cfg = self.cfg = recorded_data_paths(cfg, ckpt)
         changed = check_resumed_options(cfg, ckpt) if ckpt is not None else []
         self.new_rates = any(change.split()[0] in RATE_OPTIONS for change in changed)
@@ -893,14 +895,14 @@ class Trainer:
                 steps = self.schedule.steps
                 self.schedule = build_schedule(cfg.sched, self.optimizer, end - first, **self._schedule_args(first))
                 self.schedule.fast_forward(steps)
-                return
-            # Continue this run's schedule at the steps taken. The saved state (the optimizer's current LR, a
-            # OneCycleLR's length) describes the schedule the checkpoint was saved under: the same values when the
-            # length is unchanged, but a run extended with a larger --epochs or --time took its first step at the old
-            # schedule's end LR, and onecycle stopped at the old length.
-            self.schedule = retarget_schedule(
-                self.schedule, self.optimizer, cfg.sched, end - first, **self._schedule_args(first)
-            )
+            else:
+                # Continue this run's schedule at the steps taken. The saved state (the optimizer's current LR, a
+                # OneCycleLR's length) describes the schedule the checkpoint was saved under: the same values when the
+                # length is unchanged, but a run extended with a larger --epochs or --time took its first step at the
+                # old schedule's end LR, and onecycle stopped at the old length.
+                self.schedule = retarget_schedule(
+                    self.schedule, self.optimizer, cfg.sched, end - first, **self._schedule_args(first)
+                )
 
     def _schedule_args(self, first: int) -> dict[str, Any]:
         """build_schedule's arguments past the length, for a phase starting at epoch `first`."""
