@@ -58,6 +58,22 @@ def _one_val_image_per_class(run_dir: Path) -> list[str]:
     return [first[k] for k in sorted(first)]
 
 
+DEMO_MARK = ".resnetlab-demo"  # written into the run folder when the demo has trained there
+
+
+def _earlier_demo(out: Path, data: Path) -> bool:
+    """An empty folder, one the demo marked, or a run trained on the demo's data (a demo's from before the mark)."""
+    import yaml
+
+    if not any(out.iterdir()) or (out / DEMO_MARK).is_file():
+        return True
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(saved, dict) and saved.get("data") == str(data.resolve()) and (out / "last.pt").is_file()
+
+
 def run(args: argparse.Namespace) -> int:
     import shutil
 
@@ -73,12 +89,13 @@ def run(args: argparse.Namespace) -> int:
         raise ResnetlabError(
             f"--out {args.out} holds the data ({args.data}), which the demo would replace; choose another"
         )
-    if args.out.exists():
-        # The demo starts from scratch so its numbers are reproducible, but replaces only a run folder (an earlier
-        # demo's): `--out precious` deleted whatever was there.
-        if not args.out.is_dir() or (any(args.out.iterdir()) and not (args.out / "config.yaml").is_file()):
+    if args.out.is_symlink() or args.out.exists():
+        # The demo starts from scratch so its numbers are reproducible, but replaces only an earlier demo's folder:
+        # `--out precious` deleted whatever was there, and a folder holding a config.yaml was taken for a run.
+        if args.out.is_symlink() or not args.out.is_dir() or not _earlier_demo(args.out, args.data):
             raise ResnetlabError(
-                f"--out {args.out}: exists and is not a run folder, which the demo would replace; choose another"
+                f"--out {args.out}: exists and is not an earlier demo's run folder, which the demo would replace;"
+                " choose another"
             )
         shutil.rmtree(args.out)
     started = time.perf_counter()
@@ -93,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in recipe.items()]
     _step(f"2/4 train from scratch: resnetlab train {args.data} {' '.join(flags)} --out {out}")
     code = main(["train", str(args.data), *flags, "--out", out])
+    if (Path(out) / "config.yaml").is_file():  # what a later demo may replace
+        (Path(out) / DEMO_MARK).write_text("made by resnetlab demo\n")
     if code != 0:
         return code
 

@@ -91,8 +91,13 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     explicit = {k: v for k, v in vars(args).items() if k in names}
     if explicit.get("resume"):
         resume = Path(explicit["resume"])
-        if resume.is_file() and resume.suffix == ".pt":  # Ultralytics users pass RUN/last.pt: the run is its folder
+        if resume.is_file() and resume.name == "last.pt":  # Ultralytics users pass RUN/last.pt: the run is its folder
             explicit["resume"] = str(resume.parent)
+        elif resume.is_file():
+            raise ResnetlabError(
+                f"--resume {resume}: a run goes on from its last.pt; pass the run folder {resume.parent} (to start a"
+                f" new run from {resume.name}'s weights: --pretrained {resume})"
+            )
         elif not resume.exists():
             raise ResnetlabError(f"--resume {resume}: no such run folder")
         out = explicit.get("out")

@@ -395,9 +395,11 @@ def make_splits(
         path, reason = skipped[0]
         raise ResnetlabError(f"{len(skipped)} unusable image(s), first {path}: {reason} (--strict)")
     if skipped:
+        given = (("--val-dir", val_dir), ("--split-file", split_file))
+        options = "".join(f" {flag} {value}" for flag, value in given if value)  # data check finds them with these
         log.warning(
-            "warning: skipped %d unusable image(s) (first %s: %s); `resnetlab data check %s` lists them",
-            len(skipped), skipped[0][0], skipped[0][1], root,
+            "warning: skipped %d unusable image(s) (first %s: %s); `resnetlab data check %s%s` lists them",
+            len(skipped), skipped[0][0], skipped[0][1], root, options,
         )  # fmt: skip
     for name in train_classes if require_train else ():
         if not by_split["train"][name]:

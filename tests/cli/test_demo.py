@@ -24,6 +24,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     report = json.loads((out / "eval.json").read_text())
     assert report["num_samples"] == 144 and 0.0 <= report["top1"] <= 1.0  # the 20% held out of 720 photos
     assert (tmp_path / "demo-samples.png").stat().st_size > 0
+    assert (out / ".resnetlab-demo").is_file()  # what lets the next demo replace the folder
 
 
 @pytest.mark.parametrize(
@@ -55,9 +56,14 @@ def test_demo_replaces_only_an_earlier_run(tmp_path, capsys):
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.txt").write_text("years of work")
+    (precious / "config.yaml").write_text("lr: 1\n")  # not a run for all that
     assert main(["demo", "--out", str(precious), "--epochs", "1"]) == 2
-    assert "exists and is not a run folder" in capsys.readouterr().err
+    assert "exists and is not an earlier demo's run folder" in capsys.readouterr().err
     assert (precious / "thesis.txt").read_text() == "years of work"
+    link = tmp_path / "link"
+    link.symlink_to(precious)
+    assert main(["demo", "--out", str(link), "--epochs", "1"]) == 2
+    assert "not an earlier demo's run folder" in capsys.readouterr().err
     data = tmp_path / "photos"
     (data / "a").mkdir(parents=True)
     for out in (data, tmp_path):

@@ -49,6 +49,15 @@ def test_val_class_missing_from_train(tmp_path, make_class_tree):
         make_splits(tmp_path / "train", val_dir=tmp_path / "v")
 
 
+def test_the_skipped_warning_names_the_command_that_lists_them(tmp_path, make_class_tree, caplog):
+    make_class_tree(tmp_path / "train", {"a": 2, "b": 2})
+    make_class_tree(tmp_path / "v", {"a": 1, "b": 1})
+    (tmp_path / "v" / "a" / "junk.jpg").write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        make_splits(tmp_path / "train", val_dir=tmp_path / "v")
+    assert f"`resnetlab data check {tmp_path / 'train'} --val-dir {tmp_path / 'v'}` lists them" in caplog.text
+
+
 def test_val_dir_that_is_the_training_folder_is_refused(tmp_path, make_class_tree, monkeypatch):
     make_class_tree(tmp_path / "train", {"a": 2, "b": 2})
     monkeypatch.chdir(tmp_path)

@@ -300,7 +300,7 @@ def test_an_out_holding_results_or_a_file_is_refused(digits_dir, tmp_path, capsy
     assert "--resume " + str(tmp_path / "nope") + ": no such run folder" in capsys.readouterr().err
 
 
-def test_resume_takes_the_last_pt_path_too(digits_dir, tmp_path):
+def test_resume_takes_the_last_pt_path_too(digits_dir, tmp_path, capsys):
     # Ultralytics users pass RUN/last.pt to resume.
     from resnetlab.cli import main
 
@@ -308,3 +308,5 @@ def test_resume_takes_the_last_pt_path_too(digits_dir, tmp_path):
     fit(tiny_config(digits_dir, run, epochs=1), log=lambda _: None)
     assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "2", "--no-progress"]) == 0
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert main(["train", "--resume", str(run / "best.pt"), "--epochs", "3"]) == 2  # not what it would resume from
+    assert f"a run goes on from its last.pt; pass the run folder {run}" in capsys.readouterr().err

@@ -169,7 +169,7 @@ def test_budget_caps_at_epochs_and_spans_resume(digits_dir, tmp_path, fake_clock
 
 def test_a_larger_budget_on_resume_trains_on(digits_dir, tmp_path, fake_clock):
     # 35 s at 10 s an epoch ended the run after 3 epochs. Resumed with the same budget it is finished; with 65 s the
-    # 30 s already used count, so 3 more epochs fit, planned after the first of them.
+    # 30 s already used count, so 3 more epochs fit, planned from the start at the pace the checkpoint recorded.
     from resnetlab.engine.fit import RunFinished
 
     cfg = tiny_config(digits_dir, tmp_path / "run", epochs=10, time="35s")
@@ -186,7 +186,7 @@ def test_a_larger_budget_on_resume_trains_on(digits_dir, tmp_path, fake_clock):
     summary = fit(resumed.merge({"time": "65s"}), log=lines.append)
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert summary["epochs_run"] == 6 and ckpt["epoch"] == 6 and ckpt["elapsed_seconds"] == 60.0
-    assert "time budget 65s: 40 s used, 10.0 s for the next epoch; the run now ends after epoch 6" in lines
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["4/6", "5/6", "6/6"]
 
 
 def test_a_larger_budget_on_resume_is_planned_at_the_runs_pace_from_the_start():
@@ -201,6 +201,9 @@ def test_a_larger_budget_on_resume_is_planned_at_the_runs_pace_from_the_start():
     assert planned_epochs(cfg.merge({"time": "32s"}), ckpt) == 4  # 2 s left: one epoch, which the budget cuts
     assert planned_epochs(cfg.merge({"time": "20s"}), ckpt) == 3  # spent: the epochs done
     assert planned_epochs(cfg.merge({"time": "35s"}), ckpt) == 3  # the same budget: the plan it made
+    # An epoch the budget cut short: its row's seconds are the part that ran; the whole epoch's estimate is saved.
+    cut = {**ckpt, "metrics": {"seconds": 3.4}, "epoch_pace_s": 16.0}
+    assert planned_epochs(cfg.merge({"time": "75s"}), cut) == 5  # 45 s left at 16 s an epoch, not at 3.4 s
 
 
 def test_staged_budget_prices_unfrozen_epochs_before_they_run(digits_dir, tmp_path, monkeypatch):
