@@ -166,7 +166,9 @@ class TrainConfig:
     gamma: float = _f(0.1, "step, multistep and plateau schedules: decay factor")
     label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy loss")
     ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.998; 0 = off)")
-    aux_weight: float = _f(0.3, "weight of each GoogLeNet auxiliary loss")
+    aux_weight: float = _f(
+        0.3, "weight of each GoogLeNet auxiliary loss (the logged train loss includes them; val loss does not)"
+    )
     grad_clip: float | None = _f(None, "clip the gradient norm to this value")
     patience: int | None = _f(
         None, "stop after this many epochs without a better validation accuracy (default: none: never; 0: never)"

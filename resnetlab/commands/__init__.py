@@ -2,6 +2,6 @@
 
 # --amp for the commands that run a trained model (predict, eval, serve).
 INFERENCE_AMP_HELP = (
-    "autocast (default auto: bf16 on a CPU with native bf16 and on CUDA, scores within a few hundredths of fp32; off:"
-    " fp32, as an exported ONNX file runs)"
+    "autocast (default auto: bf16 on a CPU with native bf16 and on CUDA, scores usually within a few hundredths of"
+    " fp32's, more on a barely trained model; off: fp32, as an exported ONNX file runs)"
 )

@@ -354,7 +354,9 @@ def models_that_fit(state: Mapping[str, torch.Tensor], file_name: str = "") -> l
     from resnetlab.models._registry import create_model, list_models
 
     def body(names_shapes: Mapping[str, Any], heads: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in names_shapes.items() if not k.startswith(heads)}
+        # GoogLeNet's aux heads are optional in a file (torchvision's ImageNet file has none): they decide nothing.
+        skip = (*heads, "aux1.", "aux2.")
+        return {k: tuple(v.shape) for k, v in names_shapes.items() if not k.startswith(skip)}
 
     fits = []
     for name in list_models():

@@ -327,6 +327,16 @@ def test_wrong_architecture_names_the_keys(tmp_path):
     assert str(err.value).endswith("; they fit resnet34: pass --model resnet34")  # which model the file is for
 
 
+def test_a_googlenet_file_without_aux_heads_is_named_for_googlenet(tmp_path):
+    # torchvision's ImageNet GoogLeNet file has no aux heads; compared with them, it fitted no model at all.
+    path = tmp_path / "g.pth"
+    state = torchvision.models.googlenet(weights=None, init_weights=True).state_dict()
+    torch.save({k: v for k, v in state.items() if not k.startswith("aux")}, path)
+    with pytest.raises(ResnetlabError) as err:
+        create_model("resnet18", pretrained=path)
+    assert str(err.value).endswith("; they fit googlenet: pass --model googlenet")
+
+
 class _Shell:
     def __reduce__(self):
         return (os.system, ("echo unpickled",))
