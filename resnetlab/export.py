@@ -127,9 +127,9 @@ def parse_metadata(props: dict[str, str], source: str | os.PathLike) -> dict[str
 
 
 def write_sidecar(path: Path, meta: dict[str, Any]) -> Path:
-    sidecar = path.with_name(path.name + ".json")
-    sidecar.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return sidecar
+    from resnetlab.paths import write_json
+
+    return write_json(path.with_name(path.name + ".json"), meta)
 
 
 # -- writers -----------------------------------------------------------------------------------------------------------

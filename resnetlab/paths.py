@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,6 +46,22 @@ def atomic_temp(dst: Path, suffix: str) -> tuple[int, str]:
     return fd, tmp
 
 
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
+    """A file object for a temp file beside `path`, renamed over `path` when the block ends; on an error (or a stop)
+    in the block the temp file is removed and `path` is as it was: a kill leaves the old file or the new, never a
+    torn one."""
+    path = Path(path)
+    fd, tmp = atomic_temp(path, ".tmp")
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: str | os.PathLike, obj: object) -> Path:
     """`obj` as indented JSON at `path`, written atomically (a failure leaves the previous file, never a cut one).
 
@@ -58,12 +77,6 @@ def write_json(path: str | os.PathLike, obj: object) -> Path:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
         data = (json.dumps(obj, indent=2) + "\n").encode("ascii")
-    fd, tmp = atomic_temp(path, ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(data)
     return path

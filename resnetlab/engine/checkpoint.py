@@ -30,7 +30,7 @@ from torch import nn
 
 from resnetlab.errors import ResnetlabError
 from resnetlab.models.weights import load_tensors
-from resnetlab.paths import atomic_temp
+from resnetlab.paths import atomic_write
 
 FORMAT = "resnetlab-checkpoint"
 VERSION = 1
@@ -72,20 +72,14 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    fd, tmp = atomic_temp(path, ".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # a full disk: torch reports it as "unexpected pos" from its zip writer
-        Path(tmp).unlink(missing_ok=True)
         reason = getattr(exc, "strerror", None) or _write_failure(exc)
         raise ResnetlabError(f"cannot write {path} ({reason}); the file there, if any, is as it was") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

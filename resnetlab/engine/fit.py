@@ -52,6 +52,7 @@ from resnetlab.engine.run_lock import RunLock
 from resnetlab.engine.run_state import capture_rng, restore_rng, seed_epoch, seed_everything
 from resnetlab.engine.train import fresh_bn_stats, progress_enabled, train_one_epoch
 from resnetlab.errors import ResnetlabError
+from resnetlab.paths import write_json
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "val_acc5", "img_s")
 
@@ -381,18 +382,12 @@ def read_history(path: Path, epochs: int) -> list[dict[str, Any]]:
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     """history.csv, written atomically: a stop mid-write left a torn row that resume read back as an empty one."""
-    from resnetlab.paths import atomic_temp
+    from resnetlab.paths import atomic_write
 
-    fd, tmp = atomic_temp(path, ".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _fmt(row: dict[str, Any], total: int, best: tuple[float, int]) -> str:
@@ -1134,7 +1129,7 @@ class Trainer:
             self.writer.close()
             rows = read_history(self.run_dir / "history.csv", self.epochs)
             plot_curves(rows, self.run_dir / "curves.png", title=self.run_dir.name)
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(self.run_dir / "summary.json", summary)  # atomic: a stop mid-write leaves the old one
         ddp.barrier(self.info)
         return summary
 
