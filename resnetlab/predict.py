@@ -45,9 +45,9 @@ def _array_image(array: np.ndarray | torch.Tensor) -> Image.Image:
     `to_pil_image` reads them; floats are taken as 0..1."""
     from torchvision.transforms.functional import to_pil_image
 
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu()
     tensor = isinstance(array, torch.Tensor)
+    if tensor:
+        array = array.detach().cpu()
     floating = array.is_floating_point() if tensor else array.dtype.kind == "f"
     if floating and (array.numel() if tensor else array.size):
         low, high = float(array.min()), float(array.max())
@@ -63,9 +63,9 @@ def _array_image(array: np.ndarray | torch.Tensor) -> Image.Image:
                 f"a float image with values up to {high:g}: floats are read as 0..1; pass uint8 pixels (or divide by"
                 " 255)"
             )
-    if isinstance(array, torch.Tensor):
-        array = array.clamp(0, 1) if array.is_floating_point() else array
-    elif array.dtype.kind == "f":
+    if tensor:
+        array = array.clamp(0, 1) if floating else array  # within 1e-6 of 0..1 by now
+    elif floating:
         array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
     try:
         return to_pil_image(array)
